@@ -1,0 +1,34 @@
+"""Gateway authentication: a bearer key on every route but /health when one is configured."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.keys import CONFIG
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    keys = request.app[CONFIG].auth_keys
+    if keys and request.path not in OPEN_PATHS and request.method != "OPTIONS":
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        # compare_digest against every configured key, without stopping early
+        valid = False
+        for key in keys:
+            valid |= hmac.compare_digest(token.encode(), key.encode())
+        if scheme.lower() != "bearer" or not valid:
+            raise GatewayError(
+                401,
+                "Invalid or missing gateway API key: send Authorization: Bearer <ACORE_API_KEY>.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)

@@ -1,0 +1,80 @@
+"""``acore-gateway`` (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
+from gateway.logs import setup_logging
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="acore-gateway",
+        description="OpenAI-compatible gateway: one server, all models, any client. "
+        "Cloud providers come from environment keys (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...).",
+    )
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help="structured JSON log line per request (secrets redacted); also ABSTRACTCORE_DEBUG=1")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file ([[workers]], [providers.X], [limits], [media])")
+    parser.add_argument("--worker", action="append", metavar="PROVIDER:MODEL", default=[],
+                        help="start and supervise a local worker, e.g. llamacpp:model.gguf or mlx:DIR (repeatable)")
+    parser.add_argument("--worker-bind", metavar="ENDPOINT",
+                        help="bind the worker socket here (tcp://HOST:PORT) instead of a private ipc:// path")
+    parser.add_argument("--no-default-embeddings", action="store_true",
+                        help="do not start the packaged all-MiniLM-L6-v2 embeddings worker")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "debug": args.debug,
+        "workers": [WorkerSpec.parse(text) for text in args.worker] or None,
+        "worker_bind": args.worker_bind,
+        "default_embeddings": False if args.no_default_embeddings else None,
+    }
+    return load_config(config_file=args.config, overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"acore-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    secrets = [*config.auth_keys]
+    for name, settings in config.providers.items():
+        secrets.append(settings.api_key or "")
+        secrets.append(config.env_value(settings.api_key_env) or "")
+        del name
+    setup_logging(config.debug, secrets)
+    log = logging.getLogger("acore.gateway")
+    try:
+        app = create_app(config)
+    except ConfigError as exc:
+        print(f"acore-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("acore-gateway listening on http://%s:%d", config.host, config.port)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.limits.shutdown_timeout_s,
+        handler_cancellation=True,
+        access_log=None,
+        print=lambda text: print(text, file=sys.stderr, flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Typed gateway configuration.
+
+Precedence: command-line flag > environment > config file (TOML) > default.
+The environment is read here, once; nothing else in the gateway reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem the operator must fix; printed without a traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """Where a provider lives and which key it uses (from env, config file or preset)."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """A local worker the gateway starts and supervises."""
+
+    provider: str
+    model: str
+    name: str | None = None
+    replicas: int = 1
+    threads: int | None = None
+    n_ctx: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerSpec:
+        """``llamacpp:PATH.gguf`` or ``mlx:DIR`` (flag form)."""
+        provider, sep, model = text.partition(":")
+        if not sep or not provider or not model:
+            raise ConfigError(f"--worker expects PROVIDER:MODEL (e.g. llamacpp:model.gguf), got {text!r}")
+        return cls(provider=provider, model=model)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_messages: int = 10_000
+    max_n: int = 16
+    max_tools: int = 512
+    max_embedding_inputs: int = 2048
+    connect_timeout_s: float = 10.0
+    # Time to the upstream's response headers / first streamed byte, and between streamed bytes.
+    first_byte_timeout_s: float = 120.0
+    stream_idle_timeout_s: float = 120.0
+    models_timeout_s: float = 3.0
+    models_cache_ttl_s: float = 60.0
+    queue_depth: int = 64
+    shutdown_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    roots: tuple[str, ...] = ()
+    url_allowlist: tuple[str, ...] = ()
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    debug: bool = False
+    auth_keys: tuple[str, ...] = ()
+    default_provider: str | None = None
+    default_model: str | None = None
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    base_url_allowlist: tuple[str, ...] = ()
+    allow_unsafe_unload_after: bool = False
+    limits: Limits = Limits()
+    media: MediaSettings = MediaSettings()
+    workers: tuple[WorkerSpec, ...] = ()
+    worker_bind: str | None = None
+    default_embeddings: bool = True
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        return self.providers.get(name, ProviderSettings())
+
+    def env_value(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        value = self.env.get(name)
+        return value if value else None
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _load_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with Path(path).open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _dataclass_from(cls: Any, data: Mapping[str, Any], section: str) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown keys in [{section}]: {', '.join(sorted(unknown))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+# Environment variables naming each provider's base URL and key (the seed's names).
+PROVIDER_ENV: dict[str, tuple[str | None, str | None]] = {
+    "openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY"),
+    "openrouter": ("OPENROUTER_BASE_URL", "OPENROUTER_API_KEY"),
+    "lmstudio": ("LMSTUDIO_BASE_URL", None),
+    "vllm": ("VLLM_BASE_URL", "VLLM_API_KEY"),
+    "openai-compatible": ("OPENAI_COMPATIBLE_BASE_URL", "OPENAI_COMPATIBLE_API_KEY"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+    "ollama": ("OLLAMA_BASE_URL", None),
+}
+
+
+def load_config(
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """Build the configuration from a config file, the environment and flag overrides."""
+    env = dict(os.environ if env is None else env)
+    data = _load_file(config_file)
+    server = data.get("server", {})
+
+    providers: dict[str, ProviderSettings] = {}
+    for name, section in data.get("providers", {}).items():
+        providers[name] = _dataclass_from(ProviderSettings, section, f"providers.{name}")
+    for name, (url_env, key_env) in PROVIDER_ENV.items():
+        current = providers.get(name, ProviderSettings())
+        url = env.get(url_env or "") or current.base_url
+        if name == "ollama":
+            url = env.get("OLLAMA_BASE_URL") or env.get("OLLAMA_HOST") or url
+            if url and "://" not in url:  # OLLAMA_HOST is often "host:port"
+                url = f"http://{url}"
+        providers[name] = ProviderSettings(
+            base_url=url, api_key=current.api_key, api_key_env=current.api_key_env or key_env
+        )
+
+    limits = _dataclass_from(Limits, data.get("limits", {}), "limits")
+    media_data = dict(data.get("media", {}))
+    if env.get("ACORE_MEDIA_ROOTS") is not None:
+        media_data["roots"] = _csv(env.get("ACORE_MEDIA_ROOTS"))
+    if env.get("ACORE_MEDIA_URL_ALLOWLIST") is not None:
+        media_data["url_allowlist"] = _csv(env.get("ACORE_MEDIA_URL_ALLOWLIST"))
+    media = _dataclass_from(MediaSettings, media_data, "media")
+
+    workers = []
+    for index, item in enumerate(data.get("workers", [])):
+        spec = _dataclass_from(WorkerSpec, item, f"workers[{index}]")
+        if spec.replicas < 1:
+            raise ConfigError(f"workers[{index}].replicas must be >= 1")
+        workers.append(spec)
+
+    auth = env.get("ACORE_API_KEY") or env.get("ABSTRACTCORE_AUTH_TOKEN") or env.get("ABSTRACTCORE_API_KEY")
+    values: dict[str, Any] = {
+        "host": server.get("host", "127.0.0.1"),
+        "port": int(server.get("port", 8000)),
+        "debug": bool(server.get("debug", False)) or _truthy(env.get("ABSTRACTCORE_DEBUG")),
+        "auth_keys": (auth,) if auth else tuple(server.get("api_keys", ())),
+        "default_provider": env.get("ABSTRACTCORE_DEFAULT_PROVIDER") or server.get("default_provider"),
+        "default_model": env.get("ABSTRACTCORE_DEFAULT_MODEL") or server.get("default_model"),
+        "providers": providers,
+        "env": env,
+        "base_url_allowlist": _csv(env.get("ACORE_BASE_URL_ALLOWLIST")) or tuple(server.get("base_url_allowlist", ())),
+        "allow_unsafe_unload_after": _truthy(env.get("ABSTRACTCORE_ALLOW_UNSAFE_UNLOAD_AFTER")),
+        "limits": limits,
+        "media": media,
+        "workers": tuple(workers),
+        "worker_bind": env.get("ACORE_WORKER_BIND") or server.get("worker_bind"),
+        "default_embeddings": server.get("default_embeddings", True),
+    }
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "workers":
+            values["workers"] = tuple(values["workers"]) + tuple(value)
+        else:
+            values[key] = value
+    return GatewayConfig(**values)

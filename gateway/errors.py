@@ -1,0 +1,101 @@
+"""OpenAI-style errors: one exception type and the middleware that renders it.
+
+Every failure leaves the gateway as ``{"error": {"message", "type", "param", "code"}}``
+with the right status. Nothing else (no traceback, no repr) ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("acore.gateway")
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    426: "invalid_request_error",
+    429: "rate_limit_error",
+    501: "not_implemented_error",
+}
+
+
+class GatewayError(Exception):
+    """An error with everything needed to answer the client."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(self.body()),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+def model_not_found(message: str) -> GatewayError:
+    return GatewayError(404, message, param="model", code="model_not_found")
+
+
+def not_implemented(message: str) -> GatewayError:
+    return GatewayError(501, message, code="not_implemented")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            message = f"Request body too large: {exc.text}."
+        elif exc.status == 404:
+            message = f"Unknown route {request.method} {request.path}."
+        elif exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}."
+        else:
+            message = exc.reason or "Request failed."
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return GatewayError(exc.status, message, headers=headers).response()
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return GatewayError(500, "Internal server error.", type="server_error").response()

@@ -1,0 +1,22 @@
+"""Every piece of application state, as typed AppKeys (no module globals)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.plugins import MediaBackends
+    from gateway.providers.registry import ProviderRegistry
+    from gateway.streams import StreamTracker
+
+CONFIG = web.AppKey("config", "GatewayConfig")
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+PROVIDERS = web.AppKey("providers", "ProviderRegistry")
+STREAMS = web.AppKey("streams", "StreamTracker")
+MEDIA_BACKENDS = web.AppKey("media_backends", "MediaBackends")
+# Extension slots filled by later subsystems (worker pool, response store, ...).
+EXTRAS = web.AppKey("extras", dict[str, Any])

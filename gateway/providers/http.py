@@ -1,0 +1,224 @@
+"""Shared HTTP plumbing for providers: one request helper, error mapping, stream readers.
+
+Every upstream call goes through ``open_upstream``: no redirects (a redirect could
+carry a key elsewhere), bounded time to the first byte, one retry when a pooled
+keep-alive connection turns out to be stale, and upstream failures mapped to
+OpenAI errors that name the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import GatewayError
+
+_PASSTHROUGH_4XX_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def upstream_error(provider: str, status: int, payload: bytes, headers: Mapping[str, str]) -> GatewayError:
+    """Map an upstream HTTP error to the client's error, keeping 4xx status and message."""
+    message, err_type, param, code = _parse_error_payload(payload)
+    keep = {k: headers[k] for k in ("Retry-After", "retry-after-ms") if k in headers}
+    if status in (429, 503):
+        keep.setdefault("Retry-After", "1")
+    if 400 <= status < 500:
+        return GatewayError(
+            status,
+            message or f"{provider} rejected the request (HTTP {status}).",
+            type=err_type or _PASSTHROUGH_4XX_TYPES.get(status, "invalid_request_error"),
+            param=param,
+            code=code,
+            headers=keep,
+        )
+    if status == 503:
+        return GatewayError(503, f"{provider} is unavailable: {message or 'HTTP 503'}", type="server_error", code=code, headers=keep)
+    return GatewayError(502, f"{provider} upstream error (HTTP {status}): {message or 'no detail'}", type="server_error", code=code, headers=keep)
+
+
+def _parse_error_payload(payload: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        text = payload.decode("utf-8", "replace").strip()
+        return (text[:500] or None), None, None, None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            message = error.get("message")
+            code = error.get("code")
+            return (
+                str(message) if message is not None else None,
+                str(error["type"]) if isinstance(error.get("type"), str) else None,
+                str(error["param"]) if isinstance(error.get("param"), str) else None,
+                str(code) if code is not None else None,
+            )
+        if isinstance(error, str):
+            return error, None, None, None
+    return None, None, None, None
+
+
+def connection_error(provider: str, url: str, exc: BaseException) -> GatewayError:
+    return GatewayError(
+        502,
+        f"Cannot reach provider {provider} at {url}: {type(exc).__name__}. Is it running and is its base URL right?",
+        type="server_error",
+        code="upstream_unreachable",
+    )
+
+
+def timeout_error(provider: str, what: str) -> GatewayError:
+    return GatewayError(504, f"Provider {provider} timed out ({what}).", type="server_error", code="upstream_timeout")
+
+
+@asynccontextmanager
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    json_body: Any = None,
+    first_byte_timeout_s: float,
+    read_timeout_s: float,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """Send a request and yield the response once its headers arrived with a 2xx status."""
+    data = orjson.dumps(json_body) if json_body is not None else None
+    send_headers = dict(headers)
+    if data is not None:
+        send_headers["Content-Type"] = "application/json"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=first_byte_timeout_s, sock_read=read_timeout_s)
+    response: aiohttp.ClientResponse | None = None
+    for attempt in (0, 1):
+        try:
+            response = await asyncio.wait_for(
+                session.request(method, url, data=data, headers=send_headers, allow_redirects=False, timeout=timeout),
+                first_byte_timeout_s,
+            )
+            break
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # A pooled keep-alive connection the server already closed: retry once on a fresh one.
+            if attempt == 0 and not isinstance(exc, aiohttp.ClientConnectorError):
+                continue
+            raise connection_error(provider, url, exc) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise connection_error(provider, url, exc) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise timeout_error(provider, "no response headers") from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(provider, url, exc) from None
+    assert response is not None
+    try:
+        if response.status >= 300:
+            if 300 <= response.status < 400:
+                raise GatewayError(
+                    502,
+                    f"Provider {provider} answered with a redirect (HTTP {response.status}); redirects are not followed.",
+                    type="server_error",
+                    code="upstream_redirect",
+                )
+            payload = await _read_limited(response, 1 << 20)
+            raise upstream_error(provider, response.status, payload, response.headers)
+        yield response
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise timeout_error(provider, "stalled while reading the response") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise GatewayError(502, f"Provider {provider} broke off its response: {exc}", type="server_error") from None
+    except aiohttp.ClientError as exc:
+        raise connection_error(provider, url, exc) from None
+    finally:
+        response.release()
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    try:
+        return await response.content.read(limit)
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
+
+
+async def read_json(response: aiohttp.ClientResponse, provider: str, limit: int = 64 << 20) -> Any:
+    payload = await response.content.read(limit + 1)
+    if len(payload) > limit:
+        raise GatewayError(502, f"Provider {provider} sent a response over {limit} bytes.", type="server_error")
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise GatewayError(502, f"Provider {provider} sent invalid JSON.", type="server_error") from None
+
+
+MAX_EVENT_LINE = 8 << 20
+
+
+async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[tuple[str | None, bytes]]:
+    """Yield ``(event, data)`` for each SSE event; ends at ``[DONE]`` or end of body."""
+    event: str | None = None
+    data_lines: list[bytes] = []
+    reader = response.content
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except ValueError:
+            raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error") from None
+        except asyncio.IncompleteReadError as exc:
+            line = exc.partial
+            if not line:
+                break
+        if len(line) > MAX_EVENT_LINE:
+            raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error")
+        line = line.rstrip(b"\r\n")
+        if not line:
+            if data_lines:
+                data = b"\n".join(data_lines)
+                data_lines = []
+                if data == b"[DONE]":
+                    return
+                yield event, data
+            event = None
+            continue
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data_lines.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+        # comments (":") and unknown fields are ignored, as the SSE spec says
+    if data_lines:
+        data = b"\n".join(data_lines)
+        if data != b"[DONE]":
+            yield event, data
+
+
+async def ndjson_lines(response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[Any]:
+    """Yield one decoded JSON value per non-empty line (Ollama's streaming format)."""
+    reader = response.content
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            line = exc.partial
+            if not line:
+                return
+        except ValueError:
+            raise GatewayError(502, f"Provider {provider} sent a line over the size limit.", type="server_error") from None
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise GatewayError(502, f"Provider {provider} sent an invalid JSON line.", type="server_error") from None

@@ -1,0 +1,139 @@
+"""Provider name -> provider, and ``provider/model`` -> (provider, model).
+
+Built at app start-up from data (presets.toml) plus the native adapters; local
+worker providers register themselves when the pool starts. No if/elif over names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tomllib
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import aiohttp
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.providers.base import ModelInfo, Provider, ProviderState, ProviderStatus
+from gateway.providers.openai_compat import OpenAICompatibleProvider, Preset
+
+ProviderFactory = Callable[[GatewayConfig, aiohttp.ClientSession], Provider]
+
+
+def load_presets() -> dict[str, Preset]:
+    text = resources.files("gateway.providers").joinpath("presets.toml").read_text("utf-8")
+    return {name: Preset(name=name, **values) for name, values in tomllib.loads(text).items()}
+
+
+def native_factories() -> dict[str, ProviderFactory]:
+    """Providers that need their own translation code (one module each)."""
+    return {}
+
+
+class ProviderRegistry:
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
+        self._providers: dict[str, Provider] = {}
+        self._status_cache: dict[str, tuple[float, ProviderStatus]] = {}
+        self._status_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def build(cls, config: GatewayConfig, session: aiohttp.ClientSession) -> ProviderRegistry:
+        registry = cls(config)
+        for preset in load_presets().values():
+            registry.register(OpenAICompatibleProvider(preset, config, session))
+        for factory in native_factories().values():
+            registry.register(factory(config, session))
+        return registry
+
+    def register(self, provider: Provider, name: str | None = None) -> None:
+        self._providers[name or provider.name] = provider
+        self._status_cache.pop(name or provider.name, None)
+
+    def get(self, name: str) -> Provider | None:
+        return self._providers.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._providers)
+
+    # ------------------------------------------------------------------ model ids
+
+    def resolve(self, model: str | None) -> tuple[str, str, str]:
+        """Return (provider, provider's model id, the id to echo back)."""
+        config = self._config
+        if not model:
+            if config.default_provider and config.default_model:
+                return config.default_provider, config.default_model, f"{config.default_provider}/{config.default_model}"
+            raise bad_request(
+                "you must provide a model parameter (or set ABSTRACTCORE_DEFAULT_PROVIDER and ABSTRACTCORE_DEFAULT_MODEL).",
+                param="model",
+            )
+        provider, sep, name = model.partition("/")
+        if not sep:
+            if not config.default_provider:
+                raise model_not_found(
+                    f"The model '{model}' has no provider prefix (use provider/model) and "
+                    "ABSTRACTCORE_DEFAULT_PROVIDER is not set."
+                )
+            provider, name = config.default_provider, model
+        if not provider or not name:
+            raise bad_request(f"Invalid model '{model}': expected provider/model.", param="model")
+        if provider not in self._providers:
+            raise model_not_found(
+                f"The model '{model}' does not exist: unknown provider '{provider}'. "
+                f"Known providers: {', '.join(self.names())}."
+            )
+        return provider, name, model
+
+    def provider_for(self, name: str) -> Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            raise model_not_found(f"Unknown provider '{name}'.")
+        return provider
+
+    # ------------------------------------------------------------------ discovery
+
+    async def status(self, name: str, *, refresh: bool = False) -> ProviderStatus:
+        """A provider's probed status, cached for the configured TTL."""
+        ttl = self._config.limits.models_cache_ttl_s
+        cached = self._status_cache.get(name)
+        now = time.monotonic()
+        if cached and not refresh and now - cached[0] < ttl:
+            return cached[1]
+        lock = self._status_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            cached = self._status_cache.get(name)
+            if cached and not refresh and time.monotonic() - cached[0] < ttl:
+                return cached[1]
+            provider = self._providers[name]
+            try:
+                result = await asyncio.wait_for(provider.status(), self._config.limits.models_timeout_s + 0.5)
+            except TimeoutError:
+                result = ProviderStatus(ProviderState.UNREACHABLE, detail="timed out")
+            except GatewayError as exc:
+                result = ProviderStatus(ProviderState.UNREACHABLE, detail=exc.message)
+            # Local workers change by the second; never cache their status for long.
+            if not getattr(provider, "live_status", False):
+                self._status_cache[name] = (time.monotonic(), result)
+            return result
+
+    async def all_status(self, only: str | None = None) -> dict[str, ProviderStatus]:
+        names = [only] if only else self.names()
+        results = await asyncio.gather(*(self.status(n) for n in names if n in self._providers))
+        return dict(zip([n for n in names if n in self._providers], results, strict=True))
+
+    async def models(self, only: str | None = None) -> list[tuple[str, ModelInfo]]:
+        statuses = await self.all_status(only)
+        return [(name, info) for name, status in statuses.items() for info in status.models]
+
+    def invalidate(self, name: str | None = None) -> None:
+        if name is None:
+            self._status_cache.clear()
+        else:
+            self._status_cache.pop(name, None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"providers": self.names()}

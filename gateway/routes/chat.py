@@ -1,0 +1,44 @@
+"""POST /v1/chat/completions, streaming (SSE) and not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway import chat
+from gateway.errors import GatewayError
+from gateway.routes.common import json_response, read_json_body, stream_events
+from gateway.sse import SSEWriter
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json_body(request)
+    call = chat.prepare_chat(request.app, body, request.headers, request["request_id"])
+    request["log"].update(provider=call.provider, model=call.model, stream=call.stream)
+    if not call.stream:
+        result = await chat.complete(request.app, call)
+        return json_response(result, headers=chat.notices_header(call))
+
+    async def send(writer: SSEWriter, chunk: dict[str, Any]) -> None:
+        await writer.send(chunk)
+
+    async def on_error(writer: SSEWriter, error: GatewayError) -> None:
+        request["log"]["stream_error"] = error.message
+        await writer.send_error(error)
+        await writer.done()
+
+    async def on_end(writer: SSEWriter) -> None:
+        await writer.done()
+
+    return await stream_events(
+        request,
+        chat.stream(request.app, call),
+        send,
+        headers_after_first=lambda: chat.notices_header(call),
+        on_error=on_error,
+        on_end=on_end,
+    )

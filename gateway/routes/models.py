@@ -1,0 +1,74 @@
+"""GET /v1/models (aggregated across providers), GET /providers, GET /health."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import bad_request
+from gateway.keys import PROVIDERS
+from gateway.providers.base import ModelType
+from gateway.routes.common import json_response
+
+routes = web.RouteTableDef()
+
+_TYPES = {t.value: t for t in ModelType}
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "healthy"})
+
+
+@routes.get("/v1/models")
+@routes.get("/models")  # Codex's doctor probes the unversioned path
+async def list_models(request: web.Request) -> web.Response:
+    registry = request.app[PROVIDERS]
+    only = request.query.get("provider") or None
+    if only is not None and registry.get(only) is None:
+        raise bad_request(f"Unknown provider '{only}'. Known providers: {', '.join(registry.names())}.", param="provider")
+    type_filter = request.query.get("type")
+    if type_filter is not None and type_filter not in _TYPES:
+        raise bad_request(f"type must be one of: {', '.join(_TYPES)}.", param="type")
+    data = []
+    for provider, info in await registry.models(only):
+        if type_filter is not None and info.type != _TYPES[type_filter]:
+            continue
+        item = {"id": f"{provider}/{info.id}", "object": "model", "created": 0, "owned_by": info.owned_by or provider}
+        item["type"] = info.type.value
+        item.update(info.extra)
+        data.append(item)
+    data.sort(key=lambda item: item["id"])
+    return json_response({"object": "list", "data": data})
+
+
+@routes.get("/v1/models/{model:.+}")
+async def get_model(request: web.Request) -> web.Response:
+    wanted = request.match_info["model"]
+    registry = request.app[PROVIDERS]
+    provider, name, _ = registry.resolve(wanted)
+    for info in (await registry.status(provider)).models:
+        if info.id == name:
+            return json_response({"id": f"{provider}/{name}", "object": "model", "created": 0,
+                                  "owned_by": info.owned_by or provider, "type": info.type.value})
+    from gateway.errors import model_not_found
+
+    raise model_not_found(f"The model '{wanted}' does not exist.")
+
+
+@routes.get("/providers")
+async def list_providers(request: web.Request) -> web.Response:
+    registry = request.app[PROVIDERS]
+    statuses = await registry.all_status()
+    providers = []
+    for name, status in statuses.items():
+        entry = {
+            "name": name,
+            "status": status.state.value,
+            "model_count": len(status.models),
+            "detail": status.detail,
+        }
+        if request.query.get("include_models") in ("1", "true", "yes"):
+            entry["models"] = [f"{name}/{m.id}" for m in status.models]
+        entry.update(status.extra)
+        providers.append(entry)
+    return json_response({"providers": providers, "total_providers": len(providers)})

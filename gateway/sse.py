@@ -1,0 +1,85 @@
+"""A StreamResponse-based Server-Sent Events writer.
+
+Writes ``data: ...`` frames (optionally with ``event:`` lines), ends with
+``data: [DONE]`` for chat streams, and turns a failure midway into one OpenAI
+error event. Open streams register with the app's StreamTracker so a graceful
+shutdown can end them instead of waiting for its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError
+
+_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class SSEWriter:
+    def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
+        self.request = request
+        request_id = request.get("request_id")
+        base = {**_HEADERS, "x-request-id": request_id} if request_id else dict(_HEADERS)
+        self.response = web.StreamResponse(status=200, headers={**base, **(headers or {})})
+        self.closed = False
+
+    async def prepare(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, data: dict[str, Any], event: str | None = None) -> None:
+        payload = orjson.dumps(data)
+        if event is None:
+            await self.response.write(b"data: " + payload + b"\n\n")
+        else:
+            await self.response.write(b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n")
+
+    async def send_raw(self, frame: bytes) -> None:
+        await self.response.write(frame)
+
+    async def send_error(self, error: GatewayError, event: str | None = None) -> None:
+        await self.send(error.body(), event)
+
+    async def done(self) -> None:
+        await self.response.write(b"data: [DONE]\n\n")
+
+    async def finish(self) -> web.StreamResponse:
+        if not self.closed:
+            self.closed = True
+            try:
+                await self.response.write_eof()
+            except (ConnectionResetError, RuntimeError):
+                pass
+        return self.response
+
+
+class StreamTracker:
+    """Tasks serving open streams; shutdown cancels them so the server stops promptly."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def register(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close_all(self, timeout: float = 2.0) -> None:
+        self.closing = True
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)

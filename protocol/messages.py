@@ -1,0 +1,187 @@
+"""Messages between the gateway and its workers.
+
+Every message is a frozen msgspec Struct in one tagged union, encoded as
+msgpack. Large numeric payloads (embedding vectors) never go inside the
+struct: they travel as extra raw frames after it. Nothing here is pickled.
+
+Frame layout on the wire (DEALER side): ``[header, *binary_frames]`` where
+``header`` is the msgpack encoding of one message below. The ROUTER side sees
+the worker identity as an extra first frame.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    ABORTED = "aborted"
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a worker refused or failed a request; the gateway maps each to HTTP."""
+
+    BAD_REQUEST = "bad_request"  # 400: invalid parameters for this model
+    CONTEXT_OVERFLOW = "context_overflow"  # 400: prompt longer than the window
+    NOT_SUPPORTED = "not_supported"  # 400/501: the model cannot do this
+    NOT_FOUND = "not_found"  # 404: e.g. unknown prompt-cache key
+    CONFLICT = "conflict"  # 409: e.g. fork onto an existing key
+    TOO_LARGE = "too_large"  # 413: over a budget
+    OVERLOADED = "overloaded"  # 429/503: worker queue full
+    INTERNAL = "internal"  # 500: backend crashed on this request
+    WORKER_DEAD = "worker_dead"  # gateway-side: the worker went away
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="t", omit_defaults=True, forbid_unknown_fields=False):
+    """Base of every worker message (never sent itself)."""
+
+
+class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
+    chat: bool = False
+    embeddings: bool = False
+    vision: bool = False
+    tools: bool = False
+    prompt_cache: bool = False
+    json_schema: bool = False
+
+
+# ---------------------------------------------------------------- worker -> gateway
+
+
+class Ready(Message, tag="ready"):
+    """A worker announces itself; it gets no work before the gateway has seen this."""
+
+    worker_id: str
+    provider: str  # "llamacpp", "mlx", "sentence-transformers"
+    model: str  # the name it is served under, e.g. "tiny" -> llamacpp/tiny
+    aliases: list[str] = []
+    capabilities: Capabilities = Capabilities()
+    context_length: int = 0
+    max_concurrency: int = 1
+    embedding_dimensions: int = 0
+    pid: int = 0
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class Heartbeat(Message, tag="hb"):
+    """Both directions, once per interval. From a worker it carries its load."""
+
+    sender: str  # worker id, or the gateway's session id
+    active: int = 0
+    queued: int = 0
+
+
+class Probe(Message, tag="probe"):
+    """Gateway -> worker: "I do not know you, say Ready again" (after a gateway restart)."""
+
+    session: str
+
+
+class Chunk(Message, tag="chunk"):
+    """Incremental output of one generation. Tokens may be coalesced."""
+
+    request_id: str
+    text: str = ""
+    reasoning: str = ""
+    n_tokens: int = 0
+    # OpenAI-shaped tool-call deltas: [{"index", "id", "type", "function": {"name", "arguments"}}]
+    tool_calls: list[dict[str, Any]] = []
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Final(Message, tag="final"):
+    request_id: str
+    finish_reason: str = FinishReason.STOP
+    usage: Usage = Usage()
+    # For embeddings: the vectors follow as one float32 frame of shape (count, dims).
+    count: int = 0
+    dims: int = 0
+    token_counts: list[int] = []
+    # For cache operations: a JSON-able result object.
+    result: dict[str, Any] = {}
+
+
+class Error(Message, tag="error"):
+    request_id: str
+    code: str = ErrorCode.INTERNAL
+    message: str = ""
+    param: str | None = None
+
+
+# ---------------------------------------------------------------- gateway -> worker
+
+
+class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = []
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    logit_bias: dict[str, float] = {}
+
+
+class Generate(Message, tag="gen"):
+    """A chat generation. Messages are the canonical OpenAI chat messages."""
+
+    request_id: str
+    messages: list[dict[str, Any]]
+    params: SamplingParams = SamplingParams()
+    tools: list[dict[str, Any]] = []
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    thinking: str | None = None
+
+
+class Embed(Message, tag="embed"):
+    request_id: str
+    texts: list[str]
+    dimensions: int | None = None
+    truncate: bool = False
+
+
+class Abort(Message, tag="abort"):
+    """Idempotent: aborting an unknown or finished request is a no-op."""
+
+    request_id: str
+
+
+class Unload(Message, tag="unload"):
+    """Free the model; the worker reloads it on its next request."""
+
+    request_id: str = ""
+
+
+class CacheOp(Message, tag="cache"):
+    """A prompt-cache control operation, run in order with generation on the model thread.
+
+    ``op`` is one of stats, set, update, fork, clear, prepare_modules, match;
+    ``args`` carries the AbstractCore request body of that operation.
+    """
+
+    request_id: str
+    op: str
+    args: dict[str, Any] = {}
+
+
+WorkerMessage = Ready | Heartbeat | Chunk | Final | Error
+GatewayMessage = Heartbeat | Probe | Generate | Embed | Abort | Unload | CacheOp
+AnyMessage = Ready | Heartbeat | Probe | Chunk | Final | Error | Generate | Embed | Abort | Unload | CacheOp
