@@ -1,0 +1,114 @@
+"""The interface every model backend implements (llama.cpp, MLX, sentence-transformers).
+
+The worker loop (workers/loop.py) owns the sockets and threads; a backend only
+sees decoded messages and runs on the model thread. One backend = one module.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol.messages import CacheOp, Capabilities, Embed, ErrorCode, Generate, Usage
+
+
+class WorkerError(Exception):
+    """A request-level failure with a protocol error code (the worker keeps running)."""
+
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+class ModelLoadError(Exception):
+    """The model cannot be loaded (missing file, wrong format): the worker exits with this message."""
+
+
+@dataclass(slots=True)
+class Delta:
+    """Output produced since the last emit (the loop coalesces deltas into Chunk frames)."""
+
+    text: str = ""
+    reasoning: str = ""
+    n_tokens: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+Emit = Callable[[Delta], None]
+Cancelled = Callable[[], bool]
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(slots=True)
+class EmbedOutcome:
+    """One Embed request's result: vectors (count, dims) float32 and per-input token counts, or an error."""
+
+    vectors: np.ndarray | None = None
+    token_counts: list[int] = field(default_factory=list)
+    error: WorkerError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What goes into the Ready message."""
+
+    capabilities: Capabilities
+    context_length: int = 0
+    max_concurrency: int = 1
+    embedding_dimensions: int = 0
+    aliases: tuple[str, ...] = ()
+
+
+class Backend(abc.ABC):
+    """A loaded model. Every method is called on the model thread, one at a time, in arrival order."""
+
+    provider: str = ""
+
+    def __init__(self, model: str, name: str, options: dict[str, Any]) -> None:
+        self.model = model
+        self.name = name
+        self.options = options
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load the model (raise ModelLoadError with a clear message on failure)."""
+
+    def unload(self) -> None:
+        """Free the model; the loop calls load() again before the next request."""
+
+    @property
+    @abc.abstractmethod
+    def loaded(self) -> bool: ...
+
+    @abc.abstractmethod
+    def info(self) -> BackendInfo:
+        """Capabilities and limits; must be answerable before load() (from metadata/options)."""
+
+    def generate(self, request: Generate, emit: Emit, cancelled: Cancelled) -> GenerationResult:
+        raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot chat")
+
+    def embed(self, batch: list[Embed]) -> list[EmbedOutcome]:
+        raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot embed")
+
+    def cache_op(self, op: CacheOp) -> dict[str, Any]:
+        """Prompt-cache control; unsupported backends answer the seed's {"supported": false} shape."""
+        return {"supported": False, "error": f"{self.provider} backend has no prompt cache"}
+
+
+# provider name (as on the command line) -> "module:Class", imported only when chosen
+BACKENDS: dict[str, str] = {
+    "llamacpp": "workers.llamacpp:LlamaCppBackend",
+    "mlx": "workers.mlx_backend:MLXBackend",
+    "sentence-transformers": "workers.sentence_transformers:SentenceTransformersBackend",
+}
