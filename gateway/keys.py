@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from gateway.providers.registry import ProviderRegistry
     from gateway.streams import StreamTracker
 
-CONFIG = web.AppKey("config", "GatewayConfig")
+CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
-PROVIDERS = web.AppKey("providers", "ProviderRegistry")
-STREAMS = web.AppKey("streams", "StreamTracker")
-MEDIA_BACKENDS = web.AppKey("media_backends", "MediaBackends")
+PROVIDERS: web.AppKey[ProviderRegistry] = web.AppKey("providers")
+STREAMS: web.AppKey[StreamTracker] = web.AppKey("streams")
+MEDIA_BACKENDS: web.AppKey[MediaBackends] = web.AppKey("media_backends")
 # Extension slots filled by later subsystems (worker pool, response store, ...).
 EXTRAS = web.AppKey("extras", dict[str, Any])

@@ -57,7 +57,7 @@ def worker_side_decoder() -> Decoder:
 def vectors_to_frame(vectors: np.ndarray) -> memoryview:
     """A (count, dims) float32 matrix as one little-endian raw frame."""
     array = np.ascontiguousarray(vectors, dtype="<f4")
-    return memoryview(array).cast("B")
+    return memoryview(array.data).cast("B")
 
 
 def frame_to_vectors(frame: bytes | memoryview, count: int, dims: int) -> np.ndarray:

@@ -56,7 +56,7 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
 # ---------------------------------------------------------------- worker -> gateway
 
 
-class Ready(Message, tag="ready"):
+class Ready(Message, frozen=True, tag="ready"):
     """A worker announces itself; it gets no work before the gateway has seen this."""
 
     worker_id: str
@@ -71,7 +71,7 @@ class Ready(Message, tag="ready"):
     protocol_version: int = PROTOCOL_VERSION
 
 
-class Heartbeat(Message, tag="hb"):
+class Heartbeat(Message, frozen=True, tag="hb"):
     """Both directions, once per interval. From a worker it carries its load."""
 
     sender: str  # worker id, or the gateway's session id
@@ -79,13 +79,13 @@ class Heartbeat(Message, tag="hb"):
     queued: int = 0
 
 
-class Probe(Message, tag="probe"):
+class Probe(Message, frozen=True, tag="probe"):
     """Gateway -> worker: "I do not know you, say Ready again" (after a gateway restart)."""
 
     session: str
 
 
-class Chunk(Message, tag="chunk"):
+class Chunk(Message, frozen=True, tag="chunk"):
     """Incremental output of one generation. Tokens may be coalesced."""
 
     request_id: str
@@ -102,7 +102,7 @@ class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     cached_tokens: int = 0
 
 
-class Final(Message, tag="final"):
+class Final(Message, frozen=True, tag="final"):
     request_id: str
     finish_reason: str = FinishReason.STOP
     usage: Usage = Usage()
@@ -114,7 +114,7 @@ class Final(Message, tag="final"):
     result: dict[str, Any] = {}
 
 
-class Error(Message, tag="error"):
+class Error(Message, frozen=True, tag="error"):
     request_id: str
     code: str = ErrorCode.INTERNAL
     message: str = ""
@@ -138,7 +138,7 @@ class SamplingParams(msgspec.Struct, frozen=True, omit_defaults=True):
     logit_bias: dict[str, float] = {}
 
 
-class Generate(Message, tag="gen"):
+class Generate(Message, frozen=True, tag="gen"):
     """A chat generation. Messages are the canonical OpenAI chat messages."""
 
     request_id: str
@@ -151,26 +151,26 @@ class Generate(Message, tag="gen"):
     thinking: str | None = None
 
 
-class Embed(Message, tag="embed"):
+class Embed(Message, frozen=True, tag="embed"):
     request_id: str
     texts: list[str]
     dimensions: int | None = None
     truncate: bool = False
 
 
-class Abort(Message, tag="abort"):
+class Abort(Message, frozen=True, tag="abort"):
     """Idempotent: aborting an unknown or finished request is a no-op."""
 
     request_id: str
 
 
-class Unload(Message, tag="unload"):
+class Unload(Message, frozen=True, tag="unload"):
     """Free the model; the worker reloads it on its next request."""
 
     request_id: str = ""
 
 
-class CacheOp(Message, tag="cache"):
+class CacheOp(Message, frozen=True, tag="cache"):
     """A prompt-cache control operation, run in order with generation on the model thread.
 
     ``op`` is one of stats, set, update, fork, clear, prepare_modules, match;
