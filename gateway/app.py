@@ -27,6 +27,13 @@ from gateway.sse import StreamTracker
 # Subsystems that add routes, hooks and cleanup contexts of their own: each module
 # has ``setup(app)``. Order matters where one needs another (the pool before routes using it).
 SUBSYSTEMS: list[str] = [
+    "gateway.pool",
+    "gateway.routes.prompt_cache",
+    "gateway.routes.embeddings",
+    "gateway.base_url_policy",
+    "gateway.attachments",
+    "gateway.unload",
+    "gateway.responses",
 ]
 
 

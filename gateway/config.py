@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 
 class ConfigError(ValueError):
@@ -89,6 +92,9 @@ class GatewayConfig:
     workers: tuple[WorkerSpec, ...] = ()
     worker_bind: str | None = None
     default_embeddings: bool = True
+    # Route key-less requests to the worker that recently saw the longest shared message prefix
+    # (ACORE_CACHE_AWARE_ROUTING=0: plain least-loaded, the benchmark's baseline).
+    cache_aware_routing: bool = True
 
     def provider_settings(self, name: str) -> ProviderSettings:
         return self.providers.get(name, ProviderSettings())
@@ -127,7 +133,20 @@ def _dataclass_from(cls: Any, data: Mapping[str, Any], section: str) -> Any:
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown keys in [{section}]: {', '.join(sorted(unknown))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    # Check each value against the field's type, so a typo such as first_byte_timeout_s = "soon"
+    # stops the start with a message instead of failing on the first request.
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            values[key] = msgspec.convert(value, hints[key], strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"[{section}] {key}: {exc}") from None
+    if cls is Limits:
+        for key, value in values.items():
+            # every limit is a size, a count or a duration: zero or less would disable serving
+            if not value > 0:
+                raise ConfigError(f"[{section}] {key} must be greater than 0, got {value!r}")
     return cls(**values)
 
 
@@ -200,6 +219,8 @@ def load_config(
         "workers": tuple(workers),
         "worker_bind": env.get("ACORE_WORKER_BIND") or server.get("worker_bind"),
         "default_embeddings": server.get("default_embeddings", True),
+        "cache_aware_routing": (_truthy(env["ACORE_CACHE_AWARE_ROUTING"]) if env.get("ACORE_CACHE_AWARE_ROUTING")
+                                else bool(server.get("cache_aware_routing", True))),
     }
     for key, value in (overrides or {}).items():
         if value is None:

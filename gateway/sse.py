@@ -76,7 +76,7 @@ class StreamTracker:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def close_all(self, timeout: float = 2.0) -> None:
+    async def close_all(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - bounds the wait for cancelled tasks only
         self.closing = True
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
+from protocol.responses import ResponsesRequest
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
@@ -119,7 +121,9 @@ class ChatCompletionRequest(_Base):
 class EmbeddingsRequest(_Base):
     """POST /v1/embeddings."""
 
-    input: str | list[str] | list[int] | list[list[int]]
+    # One string, strings, token ids, or lists of token ids. msgspec allows one array type per
+    # union, so the element union is checked here and the route checks the list is homogeneous.
+    input: str | list[str | int | list[int]]
     model: ShortString | None = None
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
@@ -189,4 +193,5 @@ def validate(data: Any, request_type: type[T]) -> T:
 REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "ChatCompletionRequest": ChatCompletionRequest,
     "EmbeddingsRequest": EmbeddingsRequest,
+    "ResponsesRequest": ResponsesRequest,
 }

@@ -60,7 +60,7 @@ def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout: float,
             log = log_path.read_text(errors="replace") if log_path else ""
             raise RuntimeError(f"process exited with {process.returncode} before answering {url}:\n{log[-4000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status < 500:
                     return
         except urllib.error.HTTPError as exc:
@@ -85,7 +85,7 @@ def start(
 ) -> Proc:
     log_path = log_dir / f"{name}-{port}.log"
     handle = log_path.open("wb")
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+    process = subprocess.Popen(
         [sys.executable, *args], cwd=REPO, env=base_env(env), stdout=handle, stderr=subprocess.STDOUT
     )
     handle.close()

@@ -48,6 +48,8 @@ class EmbedCall:
     texts: list[str]
     dimensions: int | None = None
     truncate: bool = False
+    # Token-id inputs (OpenAI accepts them); only OpenAI-compatible upstreams take these, with texts empty.
+    token_ids: list[list[int]] | None = None
     api_key: str | None = None
     base_url: str | None = None
     base_url_trusted: bool = False

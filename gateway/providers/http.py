@@ -106,10 +106,11 @@ async def open_upstream(
     response: aiohttp.ClientResponse | None = None
     for attempt in (0, 1):
         try:
-            response = await asyncio.wait_for(
-                session.request(method, url, data=data, headers=send_headers, allow_redirects=False, timeout=timeout),
-                first_byte_timeout_s,
-            )
+            # asyncio.timeout, not wait_for: wait_for runs the request in an extra task (3.11)
+            async with asyncio.timeout(first_byte_timeout_s):
+                response = await session.request(
+                    method, url, data=data, headers=send_headers, allow_redirects=False, timeout=timeout
+                )
             break
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             # A pooled keep-alive connection the server already closed: retry once on a fresh one.
@@ -179,6 +180,10 @@ async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIter
             line = exc.partial
             if not line:
                 break
+        if not line:
+            # aiohttp's readuntil returns b"" at the end of the body instead of raising: without
+            # this check a stream that ends without [DONE] would spin here forever.
+            break
         if len(line) > MAX_EVENT_LINE:
             raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error")
         line = line.rstrip(b"\r\n")
@@ -215,6 +220,8 @@ async def ndjson_lines(response: aiohttp.ClientResponse, provider: str) -> Async
                 return
         except ValueError:
             raise GatewayError(502, f"Provider {provider} sent a line over the size limit.", type="server_error") from None
+        if not line:
+            return  # end of body (readuntil returns b"" there)
         line = line.strip()
         if not line:
             continue

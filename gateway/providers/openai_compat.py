@@ -171,7 +171,8 @@ class OpenAICompatibleProvider:
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
         endpoint = self.endpoint(call.api_key, call.base_url, call.base_url_trusted)
-        body: dict[str, Any] = {"model": call.model, "input": call.texts, "encoding_format": "float"}
+        inputs: list[Any] = call.token_ids if call.token_ids is not None else call.texts
+        body: dict[str, Any] = {"model": call.model, "input": inputs, "encoding_format": "float"}
         if call.dimensions is not None:
             body["dimensions"] = call.dimensions
         async with open_upstream(
@@ -190,7 +191,7 @@ class OpenAICompatibleProvider:
             tokens = int((data.get("usage") or {}).get("prompt_tokens", 0))
         except (KeyError, TypeError, ValueError):
             raise GatewayError(502, f"Provider {self.name} sent a malformed embeddings response.", type="server_error") from None
-        if vectors.ndim != 2 or len(vectors) != len(call.texts):
+        if vectors.ndim != 2 or len(vectors) != len(inputs):
             raise GatewayError(502, f"Provider {self.name} returned the wrong number of embeddings.", type="server_error")
         return EmbedResult(vectors=vectors, prompt_tokens=tokens)
 

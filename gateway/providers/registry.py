@@ -17,7 +17,9 @@ import aiohttp
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import ModelInfo, Provider, ProviderState, ProviderStatus
+from gateway.providers.ollama import OllamaProvider
 from gateway.providers.openai_compat import OpenAICompatibleProvider, Preset
 
 ProviderFactory = Callable[[GatewayConfig, aiohttp.ClientSession], Provider]
@@ -30,7 +32,7 @@ def load_presets() -> dict[str, Preset]:
 
 def native_factories() -> dict[str, ProviderFactory]:
     """Providers that need their own translation code (one module each)."""
-    return {}
+    return {"anthropic": AnthropicProvider, "ollama": OllamaProvider}
 
 
 class ProviderRegistry:
@@ -39,6 +41,7 @@ class ProviderRegistry:
         self._providers: dict[str, Provider] = {}
         self._status_cache: dict[str, tuple[float, ProviderStatus]] = {}
         self._status_locks: dict[str, asyncio.Lock] = {}
+        self._pinned: tuple[str, str] | None = None
 
     @classmethod
     def build(cls, config: GatewayConfig, session: aiohttp.ClientSession) -> ProviderRegistry:
@@ -61,8 +64,18 @@ class ProviderRegistry:
 
     # ------------------------------------------------------------------ model ids
 
+    def pin(self, provider: str, model: str) -> None:
+        """Single-model mode (acore-endpoint): every request goes to this model, whatever it names."""
+        self._pinned = (provider, model)
+
+    @property
+    def pinned(self) -> tuple[str, str] | None:
+        return self._pinned
+
     def resolve(self, model: str | None) -> tuple[str, str, str]:
         """Return (provider, provider's model id, the id to echo back)."""
+        if self._pinned is not None:
+            return self._pinned[0], self._pinned[1], model or f"{self._pinned[0]}/{self._pinned[1]}"
         config = self._config
         if not model:
             if config.default_provider and config.default_model:

@@ -28,7 +28,8 @@ async def read_json_body(request: web.Request) -> dict[str, Any]:
     if content_type and not (content_type in _JSON_TYPES or content_type.endswith("+json")):
         raise bad_request(f"Unsupported Content-Type {content_type!r}: send application/json.")
     try:
-        raw = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):  # no extra task per request, unlike wait_for
+            raw = await request.read()
     except TimeoutError:
         raise GatewayError(408, "Timed out reading the request body.", code="request_timeout") from None
     if not raw:
@@ -97,7 +98,7 @@ async def _close(events: AsyncIterator[Any]) -> None:
     if aclose is not None:
         try:
             await asyncio.shield(aclose())
-        except Exception:  # noqa: S110 - closing an iterator that already failed
+        except Exception:
             pass
 
 

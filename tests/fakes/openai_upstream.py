@@ -11,7 +11,11 @@ Behaviour is chosen by the model name, so one server covers every case:
   no-finish       stream content and [DONE] without any finish_reason
   mid-error       stream one chunk, then an error event
   redirect        answer 307 to another URL
+  finish-REASON   stream/answer with finish_reason REASON (stop, length, content_filter, ...)
+  ws-N            stream N chunks whose content is whitespace only (" ", "\n", "\t  ")
 Every request is recorded (path, headers, body): GET /_requests reads them, DELETE clears.
+GET /_stats counts streaming responses: started, finished, aborted (the client closed the
+connection, e.g. a gateway cancelling upstream work) and open right now.
 Run standalone: python -m tests.fakes.openai_upstream --port N
 """
 
@@ -26,6 +30,21 @@ import orjson
 from aiohttp import web
 
 RECORDS = web.AppKey("records", list[dict[str, Any]])
+STATS = web.AppKey("stats", dict[str, int])
+
+
+async def _stall(request: web.Request) -> None:
+    """Stall until the client goes away, then raise as a write would.
+
+    Polling the transport (instead of one long sleep) lets the fake notice a closed
+    connection without aiohttp's handler cancellation, so /_stats can prove that the
+    gateway really dropped its upstream request.
+    """
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client closed the connection")
+        await asyncio.sleep(0.02)
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -77,7 +96,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if model == "redirect":
         raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/elsewhere")
     if model == "stall":
-        await asyncio.sleep(3600)
+        await _stall(request)
 
     text = _last_user_text(body) or "hello"
     if not stream:
@@ -90,6 +109,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": TOOL_ARGS}}],
             }
             finish = "tool_calls"
+        elif model.startswith("finish-"):
+            finish = model.split("-", 1)[1]
         return web.json_response(
             {
                 "id": "chatcmpl-fake",
@@ -102,6 +123,23 @@ async def chat(request: web.Request) -> web.StreamResponse:
             }
         )
 
+    stats = request.app[STATS]
+    stats["started"] += 1
+    stats["open"] += 1
+    try:
+        response = await _stream(request, body, model)
+    except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+        stats["aborted"] += 1
+        raise
+    else:
+        stats["finished"] += 1
+    finally:
+        stats["open"] -= 1
+    return response
+
+
+async def _stream(request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
+    text = _last_user_text(body) or "hello"
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -116,6 +154,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
         for start in range(0, len(TOOL_ARGS), 8):
             await response.write(_chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": TOOL_ARGS[start:start + 8]}}]}))
         finish = "tool_calls"
+    elif model.startswith("ws-"):
+        spaces = (" ", "\n", "\t  ", "  \n ")
+        for index in range(int(model.split("-", 1)[1])):
+            await response.write(_chunk(model, {"content": spaces[index % len(spaces)]}))
+        finish = "stop"
+    elif model.startswith("finish-"):
+        await response.write(_chunk(model, {"content": "cut"}))
+        finish = model.split("-", 1)[1]
     elif model.startswith("words"):
         count = int(model.split("-", 1)[1]) if "-" in model else 10
         frame = _chunk(model, {"content": "w "})
@@ -127,7 +173,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         for index, piece in enumerate(pieces):
             await response.write(_chunk(model, {"content": piece if index == 0 else " " + piece}))
             if model == "stall-mid":
-                await asyncio.sleep(3600)
+                await _stall(request)
             if model == "mid-error":
                 await response.write(b"data: " + orjson.dumps({"error": {"message": "upstream exploded", "type": "server_error"}}) + b"\n\n")
                 return response
@@ -141,6 +187,66 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "model": model, "choices": [], "usage": _usage()}
         await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+def _responses_object(body: dict[str, Any], text: str, status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+    usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8}
+    return {"id": "resp_fake", "object": "response", "created_at": int(time.time()), "status": status,
+            "model": body.get("model"), "output": output, "parallel_tool_calls": True, "tool_choice": "auto",
+            "tools": body.get("tools") or [], "previous_response_id": body.get("previous_response_id"),
+            "usage": usage if status == "completed" else None, "error": None, "incomplete_details": None}
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """OpenAI's /v1/responses for the passthrough: echo the input text; mid-error breaks off after one delta."""
+    body = await request.json()
+    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": body})
+    model = str(body.get("model", ""))
+    if model.startswith("error-"):
+        status = int(model.split("-", 1)[1])
+        return web.json_response({"error": {"message": f"fake upstream error {status}", "type": "invalid_request_error",
+                                            "param": None, "code": f"code_{status}"}}, status=status)
+    source = body.get("input")
+    if isinstance(source, list):
+        source = " ".join(str(p.get("text", "")) for item in source if isinstance(item, dict)
+                          for p in (item.get("content") if isinstance(item.get("content"), list) else
+                                    [{"text": item.get("content", "")}]) if isinstance(p, dict))
+    text = f"echo: {source}"
+    message = {"id": "msg_fake", "type": "message", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    if not body.get("stream"):
+        return web.json_response(_responses_object(body, text, "completed", [message]))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    seq = 0
+
+    async def send(event: dict[str, Any]) -> None:
+        nonlocal seq
+        event["sequence_number"] = seq
+        seq += 1
+        await response.write(f"event: {event['type']}\n".encode() + b"data: " + orjson.dumps(event) + b"\n\n")
+
+    start = _responses_object(body, text, "in_progress", [])
+    await send({"type": "response.created", "response": start})
+    await send({"type": "response.in_progress", "response": start})
+    added = {**message, "status": "in_progress", "content": []}
+    await send({"type": "response.output_item.added", "output_index": 0, "item": added})
+    part = {"type": "output_text", "text": "", "annotations": []}
+    await send({"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                "part": part})
+    for index, piece in enumerate(text.split(" ")):
+        await send({"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0,
+                    "content_index": 0, "delta": piece if index == 0 else " " + piece, "logprobs": []})
+        if model == "mid-error":
+            return response  # the connection ends without response.completed
+    await send({"type": "response.output_text.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                "text": text, "logprobs": []})
+    await send({"type": "response.content_part.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                "part": {**part, "text": text}})
+    await send({"type": "response.output_item.done", "output_index": 0, "item": message})
+    await send({"type": "response.completed", "response": _responses_object(body, text, "completed", [message])})
     return response
 
 
@@ -163,6 +269,10 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "fake"} for i in ids]})
 
 
+async def get_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS])
+
+
 async def get_records(request: web.Request) -> web.Response:
     return web.json_response(request.app[RECORDS])
 
@@ -175,10 +285,13 @@ async def clear_records(request: web.Request) -> web.Response:
 def create_fake_openai_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[RECORDS] = []
+    app[STATS] = {"started": 0, "finished": 0, "aborted": 0, "open": 0}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_requests", get_records)
+    app.router.add_get("/_stats", get_stats)
     app.router.add_delete("/_requests", clear_records)
     return app
 

@@ -1,0 +1,87 @@
+"""The local worker pool: ZeroMQ client, scheduler, supervisor and the local providers.
+
+``setup(app)`` checks the worker endpoint (so a bad --worker-bind fails before
+the server starts) and adds a cleanup context that binds the socket, starts
+the supervised workers and registers the llamacpp/, mlx/ and huggingface/
+providers. The context runs after http_session_ctx, which creates
+app[PROVIDERS].
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.config import GatewayConfig, WorkerSpec
+from gateway.keys import CONFIG, PROVIDERS
+from gateway.pool.client import WorkerPool, check_bind
+from gateway.pool.provider import LocalProvider
+from gateway.pool.scheduler import LISTED_UNDER, LOCAL_PROVIDERS, provider_serves
+from gateway.pool.supervisor import Supervisor
+from protocol.endpoints import default_worker_endpoint
+
+log = logging.getLogger("acore.gateway")
+
+
+@dataclass(slots=True)
+class PoolState:
+    pool: WorkerPool
+    supervisor: Supervisor
+
+
+POOL: web.AppKey[PoolState] = web.AppKey("worker_pool", PoolState)
+
+
+def worker_endpoint(config: GatewayConfig) -> str:
+    return config.worker_bind or default_worker_endpoint(config.port)
+
+
+def supervised_specs(config: GatewayConfig) -> list[WorkerSpec]:
+    from gateway.default_embeddings import default_worker_specs
+
+    return [*config.workers, *default_worker_specs(config)]
+
+
+def expected_models(specs: list[WorkerSpec]) -> set[tuple[str, str]]:
+    """(worker provider, name) of every supervised worker: requests for these wait while they (re)start."""
+    from workers.cli import default_name, resolve_provider  # pure functions: no model library is imported
+
+    return {(resolve_provider(s.provider, s.model), s.name or default_name(s.provider, s.model)) for s in specs}
+
+
+def setup(app: web.Application) -> None:
+    check_bind(worker_endpoint(app[CONFIG]))
+    app.cleanup_ctx.append(pool_ctx)
+
+
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    endpoint = worker_endpoint(config)
+    specs = supervised_specs(config)
+    expected = expected_models(specs)
+
+    def is_expected(provider: str, model: str) -> bool:
+        # Test and future backends may announce any provider: match those by name only.
+        return any(name == model and (provider_serves(provider, kind) or kind not in LISTED_UNDER)
+                   for kind, name in expected)
+
+    # The callbacks reach the pool created just below (the pool needs the supervisor's failures).
+    supervisor = Supervisor(specs, endpoint, config.env, lambda pid: pool.mark_dead_pid(pid),
+                            lambda name, why: pool.scheduler.fail_waiting(name, why))
+    pool = WorkerPool(endpoint, config.limits.queue_depth, is_expected, supervisor.failures.get)
+    await pool.start()
+    print(f"acore-gateway: worker endpoint {endpoint}", file=sys.stderr, flush=True)
+    app[POOL] = PoolState(pool, supervisor)
+    registry = app[PROVIDERS]
+    for name in LOCAL_PROVIDERS:
+        registry.register(LocalProvider(name, pool, config))
+    supervisor.start()
+    try:
+        yield
+    finally:
+        await supervisor.stop(config.limits.shutdown_timeout_s)
+        await pool.close()

@@ -1,0 +1,328 @@
+"""LocalProvider: the Provider interface over the worker pool (llamacpp/, mlx/, huggingface/).
+
+It maps the OpenAI chat body to a protocol Generate, streams Chunk frames back
+as chat.completion.chunk objects, and builds non-streaming answers from the
+stream. When the consumer stops early (client gone), the request is aborted in
+the worker and its slot is freed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, bad_request
+from gateway.pool.client import Lease, Reply, WorkerPool
+from gateway.pool.scheduler import LISTED_UNDER, RequestInfo, WorkerState
+from gateway.providers.base import (
+    ChatCall,
+    EmbedCall,
+    EmbedResult,
+    ModelInfo,
+    ModelType,
+    ProviderState,
+    ProviderStatus,
+)
+from protocol.codec import MalformedFrame, frame_to_vectors
+from protocol.messages import Chunk, Embed, ErrorCode, Final, Generate, SamplingParams, Unload, Usage
+
+# How often a request whose worker died before answering is sent to another worker.
+MAX_FAILOVERS = 2
+_FLOAT_PARAMS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")
+
+
+def _number(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"{name} must be a number.", param=name)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise bad_request(f"{name} must be an integer.", param=name)
+        return int(value)
+    return float(value)
+
+
+def sampling_params(body: dict[str, Any]) -> SamplingParams:
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise bad_request("max_tokens must be a positive integer.", param="max_tokens")
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise bad_request("stop must be a string or a list of strings.", param="stop")
+    bias = body.get("logit_bias") or {}
+    if not isinstance(bias, dict):
+        raise bad_request("logit_bias must be an object of token id -> bias.", param="logit_bias")
+    values: dict[str, Any] = {name: _number(body, name, float) for name in _FLOAT_PARAMS}
+    return SamplingParams(
+        max_tokens=max_tokens,
+        top_k=_number(body, "top_k", int),
+        seed=_number(body, "seed", int),
+        stop=stops,
+        logit_bias={str(k): float(v) for k, v in bias.items()},
+        **values,
+    )
+
+
+def generate_message(call: ChatCall, request_id: str) -> Generate:
+    body = call.body
+    tools = body.get("tools") or []
+    response_format = body.get("response_format")
+    if response_format is not None and not isinstance(response_format, dict):
+        raise bad_request("response_format must be an object.", param="response_format")
+    cache_key = body.get("prompt_cache_key")
+    return Generate(
+        request_id=request_id,
+        messages=list(body.get("messages") or []),
+        params=sampling_params(body),
+        tools=list(tools) if isinstance(tools, list) else [],
+        tool_choice=body.get("tool_choice"),
+        response_format=response_format,
+        prompt_cache_key=cache_key if isinstance(cache_key, str) and cache_key else None,
+        thinking=call.thinking,
+    )
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def _merge_tool_calls(into: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Assemble streamed tool-call deltas (OpenAI shape) into whole calls, by index."""
+    for delta in deltas:
+        index = delta.get("index", len(into))
+        while len(into) <= index:
+            into.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = into[index]
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            call["function"]["arguments"] += function["arguments"]
+
+
+class LocalProvider:
+    """Provider over local workers; ``live_status`` keeps the registry from caching its status."""
+
+    live_status = True
+
+    def __init__(self, name: str, pool: WorkerPool, config: GatewayConfig) -> None:
+        self.name = name
+        self.pool = pool
+        self._limits = config.limits
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _request_id(self, request_id: str) -> str:
+        # Client ids (x-request-id) may repeat across concurrent requests; the suffix keeps routing unique.
+        return f"{request_id}.{secrets.token_hex(3)}"
+
+    def _check_capability(self, model: str, want: str) -> None:
+        workers = [w for w in self.pool.scheduler.check_known(self.name, model)]
+        if not workers:
+            return  # a supervised worker is still starting; it will say if it cannot do this
+        caps = workers[-1].ready.capabilities
+        if want == "chat" and not caps.chat:
+            raise bad_request(f"The model '{self.name}/{model}' is an embeddings model: it cannot chat.", param="model")
+        if want == "embeddings" and not caps.embeddings:
+            raise bad_request(f"The model '{self.name}/{model}' cannot create embeddings.", param="model")
+
+    async def _lease(self, model: str, request_id: str, generate: Generate | None = None) -> Lease:
+        if generate is None:
+            info = RequestInfo(request_id, self.name, model)
+        else:
+            info = RequestInfo(request_id, self.name, model, generate.prompt_cache_key, generate.messages,
+                               generate.tools)
+        return await self.pool.lease(info, self._limits.first_byte_timeout_s)
+
+    def _timeout(self, call: ChatCall) -> float:
+        if call.timeout_s and call.timeout_s > 0:
+            return float(call.timeout_s)
+        return self._limits.stream_idle_timeout_s
+
+    # ------------------------------------------------------------------ chat
+
+    async def _replies(self, call: ChatCall) -> AsyncIterator[Chunk | Final]:
+        """The worker's Chunk messages then its Final; aborts in the worker when closed early."""
+        self._check_capability(call.model, "chat")
+        request_id = self._request_id(call.request_id)
+        message = generate_message(call, request_id)
+        timeout = self._timeout(call)
+        for attempt in range(MAX_FAILOVERS + 1):
+            lease = await self._lease(call.model, request_id, message)
+            answered = False
+            async with lease:
+                await lease.send(message)
+                while True:
+                    try:
+                        reply = await lease.next(timeout)
+                    except GatewayError as exc:
+                        # Nothing reached the client yet: the request can run again on another worker.
+                        if exc.code == ErrorCode.WORKER_DEAD and not answered and attempt < MAX_FAILOVERS:
+                            break
+                        raise
+                    answered = True
+                    if isinstance(reply.message, Final):
+                        yield reply.message
+                        return
+                    if isinstance(reply.message, Chunk):
+                        yield reply.message
+
+    async def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        completion_id = "chatcmpl-" + secrets.token_hex(12)
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                    "model": call.requested_model, "system_fingerprint": None,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        replies = self._replies(call)
+        try:
+            first = True
+            async for message in replies:
+                if first:
+                    # Sent only once the worker answered, so an early error keeps its HTTP status.
+                    first = False
+                    yield chunk({"role": "assistant", "content": ""})
+                if isinstance(message, Chunk):
+                    delta: dict[str, Any] = {}
+                    if message.reasoning:
+                        delta["reasoning_content"] = message.reasoning
+                    if message.text:
+                        delta["content"] = message.text
+                    if message.tool_calls:
+                        delta["tool_calls"] = message.tool_calls
+                    if delta:
+                        yield chunk(delta)
+                else:
+                    yield chunk({}, str(message.finish_reason))
+                    if call.include_usage:
+                        yield {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                               "model": call.requested_model, "system_fingerprint": None, "choices": [],
+                               "usage": usage_json(message.usage)}
+        finally:
+            await replies.aclose()  # type: ignore[attr-defined]
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        text: list[str] = []
+        reasoning: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        final: Final | None = None
+        replies = self._replies(call)
+        try:
+            async for message in replies:
+                if isinstance(message, Chunk):
+                    text.append(message.text)
+                    reasoning.append(message.reasoning)
+                    _merge_tool_calls(tool_calls, message.tool_calls)
+                else:
+                    final = message
+        finally:
+            await replies.aclose()  # type: ignore[attr-defined]
+        if final is None:
+            raise GatewayError(502, "The worker ended the request without an answer.", type="server_error")
+        content = "".join(text)
+        answer: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
+        if any(reasoning):
+            answer["reasoning_content"] = "".join(reasoning)
+        if tool_calls:
+            for index, tool_call in enumerate(tool_calls):
+                tool_call["id"] = tool_call["id"] or f"call_{index}_{secrets.token_hex(6)}"
+            answer["tool_calls"] = tool_calls
+        return {
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": call.requested_model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "message": answer, "logprobs": None, "finish_reason": str(final.finish_reason)}],
+            "usage": usage_json(final.usage),
+        }
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, call: EmbedCall) -> EmbedResult:
+        if call.token_ids is not None:
+            raise bad_request(f"The model '{self.name}/{call.model}' takes text inputs, not token ids.", param="input")
+        self._check_capability(call.model, "embeddings")
+        request_id = self._request_id(call.request_id)
+        message = Embed(request_id=request_id, texts=call.texts, dimensions=call.dimensions, truncate=call.truncate)
+        reply: Reply | None = None
+        for attempt in range(MAX_FAILOVERS + 1):
+            async with await self._lease(call.model, request_id) as lease:
+                await lease.send(message)
+                try:
+                    reply = await lease.next(self._limits.stream_idle_timeout_s)
+                except GatewayError as exc:
+                    if exc.code == ErrorCode.WORKER_DEAD and attempt < MAX_FAILOVERS:
+                        continue  # embeddings are idempotent: ask another worker
+                    raise
+            break
+        if reply is None or not isinstance(reply.message, Final):
+            raise GatewayError(502, "The worker ended the request without an answer.", type="server_error")
+        final = reply.message
+        if not reply.frames:
+            raise GatewayError(502, "The worker sent no vectors.", type="server_error")
+        try:
+            vectors = frame_to_vectors(reply.frames[0], final.count, final.dims)
+        except MalformedFrame as exc:
+            raise GatewayError(502, f"The worker sent bad vectors: {exc}", type="server_error") from None
+        return EmbedResult(vectors=vectors, prompt_tokens=sum(final.token_counts) or final.usage.prompt_tokens)
+
+    # ------------------------------------------------------------------ discovery and control
+
+    def _workers(self) -> list[WorkerState]:
+        return [w for w in self.pool.scheduler.workers.values()
+                if LISTED_UNDER.get(w.ready.provider, w.ready.provider) == self.name]
+
+    async def status(self) -> ProviderStatus:
+        workers = self._workers()
+        models: dict[str, list[WorkerState]] = {}
+        for worker in workers:
+            if worker.alive:
+                models.setdefault(worker.ready.model, []).append(worker)
+        infos = []
+        for model, group in sorted(models.items()):
+            caps = group[0].ready.capabilities
+            kind = ModelType.EMBEDDING if caps.embeddings and not caps.chat else ModelType.TEXT
+            extra: dict[str, Any] = {
+                "workers": len(group),
+                "active": sum(len(w.requests) for w in group),
+                "waiting": self.pool.scheduler.waiting(self.name, model),
+                "context_length": group[0].ready.context_length,
+            }
+            if group[0].ready.embedding_dimensions:
+                extra["dimensions"] = group[0].ready.embedding_dimensions
+            infos.append(ModelInfo(id=model, type=kind, owned_by="local", extra=extra))
+        extra_status = {"workers": [w.describe() for w in workers], "dropped_frames": self.pool.dropped_frames,
+                        "endpoint": self.pool.endpoint}
+        if not workers:
+            hint = f"no local worker connected; start one with: acore-worker --connect {self.pool.endpoint} ..."
+            return ProviderStatus(ProviderState.NOT_CONFIGURED, (), detail=hint, extra=extra_status)
+        return ProviderStatus(ProviderState.AVAILABLE, tuple(infos), extra=extra_status)
+
+    async def unload(self, model: str, base_url: str | None) -> None:
+        """Free the model in its workers; each reloads it on its next request (in order, after queued work)."""
+        for worker in self.pool.live_workers():
+            if worker.serves(self.name, model):
+                await self.pool.send(worker, Unload(request_id=""))

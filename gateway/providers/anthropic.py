@@ -1,0 +1,457 @@
+"""Anthropic Messages API adapter for ``anthropic/<model>``.
+
+The canonical OpenAI chat body is translated to a Messages request and the
+Messages event stream back into ``chat.completion.chunk`` objects, event by
+event. The upstream is always asked to stream; a non-streaming answer is the
+collected stream (``collect.py``), so both paths share one translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, bad_request
+from gateway.providers.base import ChatCall, EmbedCall, EmbedResult, ModelInfo, ProviderState, ProviderStatus
+from gateway.providers.collect import collect_chunks
+from gateway.providers.http import open_upstream, read_json, sse_data
+from gateway.thinking import anthropic_thinking
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Anthropic error types -> (HTTP status for the client, OpenAI error type).
+ERROR_TYPES = {
+    "invalid_request_error": (400, "invalid_request_error"),
+    "authentication_error": (401, "authentication_error"),
+    "permission_error": (403, "permission_error"),
+    "not_found_error": (404, "invalid_request_error"),
+    "request_too_large": (413, "invalid_request_error"),
+    "rate_limit_error": (429, "rate_limit_error"),
+    "overloaded_error": (503, "server_error"),
+    "api_error": (502, "server_error"),
+}
+
+
+def _strip_v1(url: str) -> str:
+    """ANTHROPIC_BASE_URL is written without /v1; accept it with /v1 too."""
+    url = url.rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+# ---------------------------------------------------------------------- request translation
+
+
+def _text_of(content: Any, where: str) -> str:
+    """Text of a string or a list of text parts (system and tool messages)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+                texts.append(str(part.get("text") or ""))
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise bad_request(f"{where} content parts must be text for anthropic, got {kind!r}.", param="messages")
+        return "\n".join(texts)
+    raise bad_request(f"{where} content must be a string or a list of parts.", param="messages")
+
+
+def image_block(url: str) -> dict[str, Any]:
+    """A data URL becomes a base64 source, an http(s) URL a url source (Anthropic fetches it)."""
+    if url.startswith("data:"):
+        header, sep, data = url.partition(",")
+        if not sep or ";base64" not in header:
+            raise bad_request("Image data URLs must be base64 (data:image/png;base64,...).", param="messages")
+        media_type = header[5:].split(";", 1)[0] or "image/png"
+        try:
+            binascii.a2b_base64(data[:64] + "=" * (-len(data[:64]) % 4))
+        except binascii.Error:
+            raise bad_request("Image data URL is not valid base64.", param="messages") from None
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise bad_request("image_url must be a data: URL or an http(s) URL.", param="messages")
+
+
+def _user_blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise bad_request("User message content must be a string or a list of parts.", param="messages")
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text"):
+            if part.get("text"):
+                blocks.append({"type": "text", "text": str(part["text"])})
+        elif kind in ("image_url", "input_image"):
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise bad_request("image_url needs a url.", param="messages")
+            blocks.append(image_block(url))
+        else:
+            raise bad_request(f"Content part type {kind!r} is not supported by anthropic.", param="messages")
+    return blocks
+
+
+def _tool_use_blocks(tool_calls: Any) -> list[dict[str, Any]]:
+    blocks = []
+    for call in tool_calls or ():
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        except orjson.JSONDecodeError:
+            raise bad_request(f"tool call {call.get('id')!r} has arguments that are not JSON.", param="messages") from None
+        if not isinstance(parsed, dict):
+            raise bad_request(f"tool call {call.get('id')!r} arguments must be a JSON object.", param="messages")
+        blocks.append({"type": "tool_use", "id": call.get("id") or "toolu_" + secrets.token_hex(8),
+                       "name": function.get("name") or "", "input": parsed})
+    return blocks
+
+
+def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """OpenAI messages -> (Anthropic system blocks, messages with same-role turns merged)."""
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = _text_of(content, "System message")
+            if text:
+                system.append({"type": "text", "text": text})
+            continue
+        if role == "user":
+            anthropic_role, blocks = "user", _user_blocks(content)
+        elif role == "assistant":
+            anthropic_role = "assistant"
+            text = _text_of(content, "Assistant message")
+            blocks = ([{"type": "text", "text": text}] if text else []) + _tool_use_blocks(message.get("tool_calls"))
+        elif role in ("tool", "function"):
+            # A tool result is a user turn holding a tool_result block (several merge into one turn).
+            anthropic_role = "user"
+            blocks = [{"type": "tool_result", "tool_use_id": message.get("tool_call_id") or message.get("name") or "",
+                       "content": _text_of(content, "Tool message")}]
+        else:
+            raise bad_request(f"Unknown message role {role!r}.", param="messages")
+        if not blocks:
+            continue  # Anthropic refuses empty content
+        if turns and turns[-1]["role"] == anthropic_role:
+            turns[-1]["content"].extend(blocks)  # the API requires alternating roles
+        else:
+            turns.append({"role": anthropic_role, "content": blocks})
+    for turn in turns:
+        # Tool results must open their user turn; a user text that followed them goes after.
+        turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return system, turns
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None and parallel is not False:
+        return None
+    result: dict[str, Any]
+    if choice is None or choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "none":
+        result = {"type": "none"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
+        result = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        raise bad_request("tool_choice must be auto, none, required or {type: function, function: {name}}.",
+                          param="tool_choice")
+    if parallel is False and result["type"] != "none":
+        result["disable_parallel_tool_use"] = True
+    return result
+
+
+def _check_unsupported(call: ChatCall) -> None:
+    """Refuse or report what this API cannot do, instead of answering as if it had."""
+    if (call.body.get("n") or 1) > 1:
+        raise bad_request(f"n > 1 is not supported for {call.requested_model}: send one request per choice.",
+                          param="n")
+    if call.body.get("logprobs"):
+        call.notices.append("logprobs not available from anthropic")
+
+
+def build_request(call: ChatCall) -> dict[str, Any]:
+    """The Messages API request for a ChatCall (always streaming)."""
+    _check_unsupported(call)
+    body = call.body
+    system, messages = convert_messages(body.get("messages") or [])
+    if not messages:
+        raise bad_request("anthropic needs at least one user or assistant message.", param="messages")
+    request: dict[str, Any] = {"model": call.model, "messages": messages, "stream": True,
+                               "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens")
+                               or DEFAULT_MAX_TOKENS}
+    if system:
+        request["system"] = system
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if temperature > 1:  # OpenAI's range is 0-2, Anthropic's 0-1
+            call.notices.append(f"temperature={temperature} clamped to 1 (anthropic's maximum)")
+            temperature = 1.0
+        request["temperature"] = temperature
+    for name in ("top_p", "top_k"):
+        if body.get(name) is not None:
+            request[name] = body[name]
+    stop = body.get("stop")
+    if stop:
+        request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    tools = []
+    for tool in body.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            call.notices.append(f"tool of type {tool.get('type')!r} dropped (anthropic takes function tools)")
+            continue
+        entry = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+        if function.get("description"):
+            entry["description"] = function["description"]
+        tools.append(entry)
+    if tools:
+        request["tools"] = tools
+        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if choice is not None:
+            request["tool_choice"] = choice
+    if isinstance(body.get("user"), str):
+        request["metadata"] = {"user_id": body["user"]}
+    if body.get("response_format") and (body["response_format"] or {}).get("type") != "text":
+        call.notices.append("response_format is not enforced by anthropic")
+    anthropic_thinking(call, request)
+    return request
+
+
+# ---------------------------------------------------------------------- response translation
+
+
+def map_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic counts cached input apart; OpenAI's prompt_tokens includes it."""
+    fresh = int(usage.get("input_tokens") or 0)
+    cache_read = int(usage.get("cache_read_input_tokens") or 0)
+    cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = fresh + cache_read + cache_write
+    completion = int(usage.get("output_tokens") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_creation_tokens": cache_write},
+    }
+
+
+def stream_error(provider: str, error: Any) -> GatewayError:
+    """An Anthropic error object (HTTP body or in-stream event) as the client's error."""
+    err_type = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    status, openai_type = ERROR_TYPES.get(str(err_type), (502, "server_error"))
+    headers = {"Retry-After": "1"} if status in (429, 503) else {}
+    return GatewayError(status, f"{provider}: {message or err_type or 'error'}", type=openai_type,
+                        code=str(err_type) if err_type else None, headers=headers)
+
+
+def _remap_http_error(exc: GatewayError) -> GatewayError:
+    """open_upstream maps 5xx generically; Anthropic's 529 means overloaded -> 503 with Retry-After."""
+    if exc.type == "overloaded_error" or "(HTTP 529)" in exc.message:
+        headers = {"Retry-After": exc.headers.get("Retry-After", "1")}
+        return GatewayError(503, "anthropic is overloaded; retry later.", type="server_error",
+                            code="overloaded_error", headers=headers)
+    if exc.status == 404 and exc.type in ("not_found_error", "invalid_request_error"):
+        return GatewayError(404, exc.message, type="invalid_request_error", param="model", code="model_not_found")
+    return exc
+
+
+class _Translator:
+    """Turns Messages API events into chat.completion.chunk objects, keeping per-stream state."""
+
+    def __init__(self) -> None:
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = ""
+        self.usage: dict[str, Any] = {}
+        self.tool_index: dict[int, int] = {}  # content block index -> tool_calls index
+        self.finish: str | None = None
+        self.stopped = False
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+    def usage_chunk(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": map_usage(self.usage)}
+
+    def handle(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self.model = str(message.get("model") or "")
+            if message.get("id"):
+                self.id = "chatcmpl-" + str(message["id"])
+            self.usage.update(message.get("usage") or {})
+            return self.chunk({"role": "assistant", "content": ""})
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = len(self.tool_index)
+                self.tool_index[int(event.get("index", 0))] = index
+                return self.chunk({"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
+                                                   "function": {"name": block.get("name"), "arguments": ""}}]})
+            if block.get("type") == "text" and block.get("text"):
+                return self.chunk({"content": block["text"]})
+            return None
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            delta_type = delta.get("type")
+            if delta_type == "text_delta":
+                return self.chunk({"content": delta.get("text", "")})
+            if delta_type == "thinking_delta":
+                return self.chunk({"reasoning_content": delta.get("thinking", "")})
+            if delta_type == "input_json_delta":
+                index = self.tool_index.get(int(event.get("index", 0)))
+                if index is None:
+                    return None  # a server tool's input: not a client tool call
+                return self.chunk({"tool_calls": [{"index": index, "function": {"arguments": delta.get("partial_json", "")}}]})
+            return None  # signature_delta, citations_delta: nothing to send
+        if kind == "message_delta":
+            reason = (event.get("delta") or {}).get("stop_reason")
+            if reason:
+                self.finish = STOP_REASONS.get(reason, "stop")
+            # message_delta usage counts are cumulative: later values replace earlier ones.
+            self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            return None
+        if kind == "message_stop":
+            self.stopped = True
+            return self.chunk({}, self.finish or "stop")
+        return None  # ping, content_block_stop and unknown future events
+
+
+class AnthropicProvider:
+    """``anthropic/<model>`` over the Messages API."""
+
+    name = "anthropic"
+    takes_base_url = True
+    requires_key = True
+    can_unload = False  # a hosted API: unload_after has nothing to free (reported as a notice)
+
+    def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
+        settings = config.provider_settings(self.name)
+        self._session = session
+        self._limits = config.limits
+        self.base_url = _strip_v1(settings.base_url or DEFAULT_BASE_URL)
+        self.key_env = settings.api_key_env or "ANTHROPIC_API_KEY"
+        self._server_key = settings.api_key or config.env_value(self.key_env)
+
+    def _endpoint(self, call: ChatCall) -> tuple[str, str]:
+        """(base URL, key). The server key only goes to the configured URL or an allowlisted one."""
+        if call.base_url:
+            key = call.api_key or (self._server_key if call.base_url_trusted else None)
+            base = _strip_v1(call.base_url)
+        else:
+            key = call.api_key or self._server_key
+            base = self.base_url
+        if not key:
+            raise GatewayError(401, f"No API key for provider anthropic: set {self.key_env} in the gateway's "
+                                    "environment or send X-Provider-API-Key.", code="missing_api_key")
+        return base, key
+
+    def _headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key, "anthropic-version": API_VERSION, "accept": "text/event-stream"}
+
+    def _timeouts(self, call: ChatCall) -> dict[str, float]:
+        first = call.timeout_s if call.timeout_s and call.timeout_s > 0 else self._limits.first_byte_timeout_s
+        return {"first_byte_timeout_s": first, "read_timeout_s": max(first, self._limits.stream_idle_timeout_s)}
+
+    async def _chunks(self, call: ChatCall, with_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        request = build_request(call)
+        base, key = self._endpoint(call)
+        translator = _Translator()
+        try:
+            async with open_upstream(self._session, self.name, "POST", f"{base}/v1/messages",
+                                     headers=self._headers(key), json_body=request,
+                                     **self._timeouts(call)) as response:
+                async for _event, data in sse_data(response, self.name):
+                    try:
+                        event = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise GatewayError(502, "Provider anthropic sent an invalid stream event.",
+                                           type="server_error") from None
+                    if not isinstance(event, dict):
+                        raise GatewayError(502, "Provider anthropic sent an invalid stream event.", type="server_error")
+                    if event.get("type") == "error":
+                        raise stream_error(self.name, event.get("error"))
+                    chunk = translator.handle(event)
+                    if chunk is not None:
+                        yield chunk
+                    if translator.stopped:
+                        break
+        except GatewayError as exc:
+            raise _remap_http_error(exc) from None
+        if not translator.stopped:
+            raise GatewayError(502, "Provider anthropic ended the stream without message_stop.", type="server_error")
+        if with_usage:
+            yield translator.usage_chunk()
+
+    def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks(call, call.include_usage)
+
+    async def chat(self, call: ChatCall) -> dict[str, Any]:
+        chunks = self._chunks(call, True)
+        try:
+            return await collect_chunks(chunks)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def embed(self, call: EmbedCall) -> EmbedResult:
+        raise GatewayError(400, f"The model 'anthropic/{call.model}' does not support embeddings: "
+                                "Anthropic has no embeddings API.", param="model", code="embeddings_not_supported")
+
+    async def status(self) -> ProviderStatus:
+        if not self._server_key:
+            return ProviderStatus(ProviderState.NO_API_KEY, detail=f"set {self.key_env}")
+        try:
+            async with open_upstream(self._session, self.name, "GET", f"{self.base_url}/v1/models?limit=1000",
+                                     headers=self._headers(self._server_key),
+                                     first_byte_timeout_s=self._limits.models_timeout_s,
+                                     read_timeout_s=self._limits.models_timeout_s) as response:
+                data = await asyncio.wait_for(read_json(response, self.name), self._limits.models_timeout_s)
+        except GatewayError as exc:
+            state = ProviderState.NO_API_KEY if exc.status in (401, 403) else ProviderState.UNREACHABLE
+            return ProviderStatus(state, detail=exc.message)
+        except TimeoutError:
+            return ProviderStatus(ProviderState.UNREACHABLE, detail="timed out listing models")
+        models = [ModelInfo(id=item["id"], owned_by="anthropic",
+                            extra={"display_name": item["display_name"]} if item.get("display_name") else {})
+                  for item in (data.get("data") if isinstance(data, dict) else None) or ()
+                  if isinstance(item, dict) and isinstance(item.get("id"), str)]
+        return ProviderStatus(ProviderState.AVAILABLE, models=tuple(models))
+
+    async def unload(self, model: str, base_url: str | None) -> None:
+        """A hosted API holds no model for us: nothing to free."""

@@ -1,0 +1,148 @@
+"""``openai/…`` → OpenAI's own /v1/responses, with full fidelity.
+
+The body goes upstream as the client sent it, but for the model prefix and
+acore's own extension fields; hosted tools, previous_response_id, store and
+include are OpenAI's to handle. Stream events come back unchanged except
+``response.model``, which is rewritten to the id the client asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import chat
+from gateway.errors import GatewayError
+from gateway.keys import CONFIG, HTTP_SESSION, PROVIDERS
+from gateway.providers.base import ChatCall
+from gateway.providers.http import open_upstream, read_json, sse_data
+from gateway.thinking import normalize_thinking
+
+_TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
+_EXTENSIONS = ("api_key", "base_url", "thinking", "unload_after", "timeout_s", "agent_format")
+
+
+def upstream_body(body: Mapping[str, Any], model: str) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k not in _EXTENSIONS}
+    out["model"] = model
+    if out.get("input") is None and isinstance(out.get("messages"), list):
+        # The seed's legacy form: chat messages are valid Responses input items for OpenAI.
+        out["input"] = out.pop("messages")
+    level = normalize_thinking(body.get("thinking"))
+    if level in ("low", "medium", "high") and not out.get("reasoning"):
+        out["reasoning"] = {"effort": level}
+    return out
+
+
+def rewrite_model(event: dict[str, Any], requested: str) -> None:
+    response = event.get("response")
+    if isinstance(response, dict) and "model" in response:
+        response["model"] = requested
+    elif event.get("object") == "response":
+        event["model"] = requested
+
+
+class _EofAware:
+    """Makes the end of the body visible to sse_data.
+
+    aiohttp's ``readuntil`` returns b"" at end of body instead of raising, and
+    sse_data relies on ``[DONE]`` (which chat streams send and Responses streams
+    do not) to stop; without this an ended Responses stream spins the event loop.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self.content = self
+        self._content = response.content
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line: bytes = await self._content.readuntil(separator)
+        if not line:
+            raise asyncio.IncompleteReadError(b"", None)
+        return line
+
+
+class Passthrough:
+    """One request to OpenAI's Responses endpoint; the ChatCall carries key, URL and hooks (base_url policy)."""
+
+    def __init__(self, app: web.Application, call: ChatCall, body: dict[str, Any]) -> None:
+        self.app = app
+        self.call = call
+        self.body = upstream_body(body, call.model)
+        self.last_response: dict[str, Any] | None = None
+        self.seq = 0
+        self.finished = False
+
+    def _request(self) -> Any:
+        provider = self.app[PROVIDERS].provider_for(self.call.provider)
+        endpoint_of = getattr(provider, "endpoint", None)
+        headers_of = getattr(provider, "headers", None)
+        if endpoint_of is None or headers_of is None:
+            raise GatewayError(501, f"Provider {self.call.provider} has no Responses endpoint.", code="not_implemented")
+        endpoint = endpoint_of(self.call.api_key, self.call.base_url, self.call.base_url_trusted)
+        limits = self.app[CONFIG].limits
+        first = self.call.timeout_s if self.call.timeout_s and self.call.timeout_s > 0 else limits.first_byte_timeout_s
+        headers = dict(headers_of(endpoint.api_key))
+        if self.call.stream:
+            headers["Accept"] = "text/event-stream"
+        return open_upstream(self.app[HTTP_SESSION], self.call.provider, "POST", f"{endpoint.base_url}/responses",
+                             headers=headers, json_body=self.body, first_byte_timeout_s=first,
+                             read_timeout_s=max(first, limits.stream_idle_timeout_s))
+
+    async def complete(self) -> dict[str, Any]:
+        await chat.run_before_hooks(self.app, self.call)
+        try:
+            async with self._request() as response:
+                data = await read_json(response, self.call.provider)
+        finally:
+            await chat.run_after_hooks(self.app, self.call)
+        if not isinstance(data, dict):
+            raise GatewayError(502, f"Provider {self.call.provider} sent a malformed response.", type="server_error")
+        rewrite_model(data, self.call.requested_model)
+        return data
+
+    async def events(self) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+        await chat.run_before_hooks(self.app, self.call)
+        try:
+            async with self._request() as response:
+                async for name, data in sse_data(_EofAware(response), self.call.provider):
+                    try:
+                        event = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise GatewayError(502, f"Provider {self.call.provider} sent an invalid stream event.",
+                                           type="server_error") from None
+                    if not isinstance(event, dict):
+                        raise GatewayError(502, f"Provider {self.call.provider} sent an invalid stream event.",
+                                           type="server_error")
+                    rewrite_model(event, self.call.requested_model)
+                    if isinstance(event.get("response"), dict):
+                        self.last_response = event["response"]
+                    if isinstance(event.get("sequence_number"), int):
+                        self.seq = event["sequence_number"] + 1
+                    if event.get("type") in _TERMINAL:
+                        self.finished = True
+                    yield name or event.get("type"), event
+            if not self.finished:
+                # Responses clients fail (or retry in a loop) without a terminal event: say what happened.
+                raise GatewayError(502, f"Provider {self.call.provider} ended the stream before response.completed.",
+                                   type="server_error")
+        finally:
+            await chat.run_after_hooks(self.app, self.call)
+
+    def failure_events(self, error: GatewayError) -> list[tuple[str, dict[str, Any]]]:
+        """A stream broken off midway still ends the way Responses clients expect: failed, then error."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        if self.last_response is not None:
+            failed = {**self.last_response, "status": "failed",
+                      "error": {"code": "rate_limit_exceeded" if error.status == 429 else "server_error",
+                                "message": error.message}}
+            events.append(("response.failed", {"type": "response.failed", "sequence_number": self.seq,
+                                               "response": failed}))
+            self.seq += 1
+        events.append(("error", {"type": "error", "sequence_number": self.seq, "code": error.code or "server_error",
+                                 "message": error.message, "param": error.param}))
+        self.seq += 1
+        return events

@@ -1,0 +1,187 @@
+"""POST /v1/embeddings, as OpenAI answers it, for every provider whose ``embed()`` works.
+
+Inputs are validated here (so every provider sees the same 400s); the provider returns a
+float32 matrix; the response encodes it as JSON floats or, as the SDKs ask by default,
+base64 of little-endian float32.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from gateway.chat import provider_key_from
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, bad_request
+from gateway.keys import CONFIG, PROVIDERS
+from gateway.providers.base import EmbedCall, EmbedResult
+from gateway.providers.openai_compat import OpenAICompatibleProvider
+from gateway.routes.common import read_json_body
+from protocol.openai import EmbeddingsRequest, RequestValidationError, validate
+
+routes = web.RouteTableDef()
+
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+def _inputs(request: EmbeddingsRequest, limit: int) -> tuple[list[str], list[list[int]] | None]:
+    """(texts, token_ids): exactly one kind, checked the way OpenAI checks it."""
+    raw = request.input
+    if isinstance(raw, str):
+        if not raw:
+            raise bad_request("'input' cannot be an empty string.", param="input")
+        return [raw], None
+    if not raw:
+        raise bad_request("'input' cannot be an empty list.", param="input")
+    if all(isinstance(item, str) for item in raw):
+        texts: list[str] = raw  # type: ignore[assignment]
+        if len(texts) > limit:
+            raise bad_request(f"'input' has {len(texts)} items; at most {limit} are allowed per request.", param="input")
+        for index, text in enumerate(texts):
+            if not text:
+                raise bad_request(f"'input[{index}]' cannot be an empty string.", param="input")
+        return texts, None
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in raw):
+        token_ids: list[list[int]] = [raw]  # type: ignore[list-item]
+    elif all(isinstance(item, list) for item in raw):
+        token_ids = raw  # type: ignore[assignment]
+        if len(token_ids) > limit:
+            raise bad_request(f"'input' has {len(token_ids)} items; at most {limit} are allowed per request.",
+                              param="input")
+    else:
+        raise bad_request("'input' must be a string, a list of strings, a list of token ids or a list of "
+                          "token-id lists, not a mixture.", param="input")
+    for index, ids in enumerate(token_ids):
+        if not ids:
+            raise bad_request(f"'input[{index}]' cannot be an empty list of token ids.", param="input")
+        if any(i < 0 for i in ids):
+            raise bad_request(f"'input[{index}]' has a negative token id.", param="input")
+    return [], token_ids
+
+
+def _host_is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(config: GatewayConfig, base_url: str) -> bool:
+    """The request-level base_url rules of issue 02 (loopback by default, others on the allowlist,
+    link-local/metadata never). Returns True when the URL is on the operator's allowlist, the
+    only case where the server's key may go there."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise bad_request("base_url must be an http:// or https:// URL.", param="base_url")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and (address.is_link_local or address.is_unspecified or address.is_multicast):
+        raise GatewayError(403, f"base_url {base_url} is not allowed (link-local or unspecified address).",
+                           param="base_url", code="base_url_not_allowed")
+    normalized = base_url.rstrip("/")
+    trusted = any(normalized == entry.rstrip("/") or normalized.startswith(entry.rstrip("/") + "/")
+                  for entry in config.base_url_allowlist)
+    if not trusted and not _host_is_loopback(host):
+        raise GatewayError(403, f"base_url {base_url} is not allowed: only loopback URLs are accepted unless the "
+                                "operator lists the URL in ACORE_BASE_URL_ALLOWLIST.",
+                           param="base_url", code="base_url_not_allowed")
+    return trusted
+
+
+def _embedding_items(vectors: np.ndarray, encoding: str) -> list[dict[str, Any]]:
+    items = []
+    if encoding == "base64":
+        little = np.ascontiguousarray(vectors, dtype="<f4")
+        for index, row in enumerate(little):
+            items.append({"object": "embedding", "index": index, "embedding": base64.b64encode(row.tobytes()).decode()})
+    else:
+        # orjson writes float32 rows in their shortest round-trip form: the client reads back exactly
+        # the float32 values that base64 would carry.
+        for index, row in enumerate(np.ascontiguousarray(vectors, dtype=np.float32)):
+            items.append({"object": "embedding", "index": index, "embedding": row})
+    return items
+
+
+def _truncate(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Some providers ignore `dimensions`; give the client what it asked for anyway (re-normalised)."""
+    if dimensions is None or vectors.shape[1] <= dimensions:
+        return vectors
+    cut = vectors[:, :dimensions].astype(np.float32)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    body = await read_json_body(request)
+    try:
+        parsed = validate(body, EmbeddingsRequest)
+    except RequestValidationError as exc:
+        raise bad_request(exc.message, param=exc.param) from None
+    config = request.app[CONFIG]
+    texts, token_ids = _inputs(parsed, config.limits.max_embedding_inputs)
+    registry = request.app[PROVIDERS]
+    provider_name, model, requested = registry.resolve(parsed.model)
+    provider = registry.provider_for(provider_name)
+    count = len(token_ids) if token_ids is not None else len(texts)
+    request["log"].update(provider=provider_name, model=model, inputs=count)
+
+    embed = getattr(provider, "embed", None)
+    if embed is None:
+        raise bad_request(f"The model '{requested}' does not support embeddings.", param="model",
+                          code="embeddings_not_supported")
+    if token_ids is not None and not isinstance(provider, OpenAICompatibleProvider):
+        raise bad_request(f"The model '{requested}' takes text input only: send strings, not token ids "
+                          "(token-id arrays are passed through only to OpenAI-compatible providers).",
+                          param="input")
+    base_url = parsed.base_url or None
+    trusted = _check_base_url(config, base_url) if base_url else False
+    call = EmbedCall(
+        request_id=request["request_id"],
+        provider=provider_name,
+        model=model,
+        requested_model=requested,
+        texts=texts,
+        dimensions=parsed.dimensions,
+        truncate=bool(parsed.truncate),
+        token_ids=token_ids,
+        api_key=provider_key_from(request.headers, body),
+        base_url=base_url,
+        base_url_trusted=trusted,
+        body={k: v for k, v in body.items() if k not in ("api_key", "base_url", "truncate")},
+    )
+    try:
+        result: EmbedResult = await embed(call)
+    except NotImplementedError:
+        raise bad_request(f"The model '{requested}' does not support embeddings.", param="model",
+                          code="embeddings_not_supported") from None
+    vectors = np.asarray(result.vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != count or vectors.shape[1] == 0:
+        raise GatewayError(502, f"Provider {provider_name} returned {vectors.shape[0] if vectors.ndim else 0} "
+                                f"embeddings for {count} inputs.", type="server_error")
+    if not np.isfinite(vectors).all():
+        raise GatewayError(502, f"Provider {provider_name} returned non-finite embedding values.", type="server_error")
+    vectors = _truncate(vectors, parsed.dimensions)
+    tokens = int(result.prompt_tokens)
+    payload = {
+        "object": "list",
+        "data": _embedding_items(vectors, parsed.encoding_format or "float"),
+        "model": requested,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return web.Response(body=orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)

@@ -1,0 +1,57 @@
+"""Image verification and normalisation with Pillow (runs in the parse child).
+
+Only the allowlisted decoders are reachable (no FITS/EPS/McIdas); the pixel count
+is checked from the header before any pixel is decoded; a decompression-bomb
+warning is an error. The result is re-encoded, so what reaches a provider is an
+image we produced, not the client's bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+
+from PIL import Image, ImageOps
+
+from media.errors import MediaError, too_large, unprocessable
+
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+def normalise(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:
+    """Return (data URL, width, height) of the verified, downscaled, re-encoded image."""
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check at open(), with our cap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
+                width, height = image.size
+                source_format = image.format
+                if width <= 0 or height <= 0 or width * height > max_pixels:
+                    raise too_large(f"Image has too many pixels ({width}x{height}; limit {max_pixels}).")
+                image.seek(0)  # animated GIF/WEBP/TIFF: the first frame only
+                image.load()
+                image = ImageOps.exif_transpose(image)  # type: ignore[assignment]
+                if max(image.size) > max_side:
+                    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+                has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+                out = io.BytesIO()
+                if has_alpha or source_format in ("PNG", "GIF"):  # keep graphics lossless; photos as JPEG
+                    image = image.convert("RGBA" if has_alpha else "RGB")
+                    image.save(out, format="PNG", optimize=False)
+                    mime = "image/png"
+                else:
+                    image = image.convert("RGB")
+                    image.save(out, format="JPEG", quality=88)
+                    mime = "image/jpeg"
+                w, h = image.size
+        except MediaError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise too_large(f"Image has too many pixels (limit {max_pixels}).") from None
+        except MemoryError:
+            raise too_large("Image needs too much memory to decode.") from None
+        except Exception:  # Pillow raises many types for bad input; all mean "not a usable image"
+            raise unprocessable("The image could not be decoded (allowed: PNG, JPEG, GIF, WEBP, BMP, TIFF).") from None
+    return f"data:{mime};base64," + base64.b64encode(out.getvalue()).decode("ascii"), w, h

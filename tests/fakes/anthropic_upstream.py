@@ -1,0 +1,203 @@
+"""A fake Anthropic Messages API on 127.0.0.1, speaking the real SSE wire format event by event.
+
+Behaviour is chosen by the model name:
+  claude-text         echo the last user text (text_delta per word); usage with cache read/creation
+  claude-tool         a tool_use block streamed as input_json_delta fragments; when the last user turn
+                      holds a tool_result, answer with text quoting it (multi-turn round trip)
+  claude-think        a thinking block (thinking_delta + signature_delta), then text
+  claude-maxtok       stop_reason max_tokens
+  claude-stopseq      stop_reason stop_sequence (stop_sequence echoed)
+  claude-overloaded   HTTP 529 overloaded_error
+  claude-invalid      HTTP 400 invalid_request_error
+  claude-midstream    one text delta, then an in-stream error event (overloaded_error)
+  claude-stall        never answer
+  claude-slow         a text delta every 100 ms for 60 s (disconnect tests; records "cancelled")
+  claude-images       describe the image blocks received (source types and media types)
+An x-api-key of "bad-key" gets HTTP 401 authentication_error. Every request is recorded with its
+headers: GET /_requests reads them, DELETE clears.
+Run standalone: python -m tests.fakes.anthropic_upstream --port N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+RECORDS = web.AppKey("records", list[dict[str, Any]])
+TOOL_INPUT = '{"city": "Paris", "unit": "celsius"}'
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
+
+
+def _last_user_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+    return []
+
+
+def _answer(body: dict[str, Any]) -> tuple[list[tuple[str, str, str]], str, str | None]:
+    """Blocks as (type, text-or-json, name), the stop_reason, the stop_sequence."""
+    model = str(body.get("model"))
+    blocks = _last_user_blocks(body)
+    text = " ".join(b.get("text", "") for b in blocks if b.get("type") == "text") or "hello"
+    results = [b for b in blocks if b.get("type") == "tool_result"]
+    if model == "claude-tool":
+        if results:
+            return [("text", f"The tool said: {results[0].get('content')}", "")], "end_turn", None
+        return [("text", "Let me check.", ""), ("tool_use", TOOL_INPUT, "get_weather")], "tool_use", None
+    if model == "claude-think":
+        return [("thinking", "The user wants an echo. Simple.", ""), ("text", f"echo: {text}", "")], "end_turn", None
+    if model == "claude-maxtok":
+        return [("text", "this answer was cut", "")], "max_tokens", None
+    if model == "claude-stopseq":
+        return [("text", "counting 1 2", "")], "stop_sequence", "3"
+    if model == "claude-images":
+        images = [b for b in blocks if b.get("type") == "image"]
+        described = ", ".join(f"{b['source']['type']}:{b['source'].get('media_type') or b['source'].get('url')}"
+                              for b in images)
+        return [("text", f"images: {described}", "")], "end_turn", None
+    return [("text", f"echo: {text}", "")], "end_turn", None
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    record = {"path": request.path, "headers": dict(request.headers), "body": body}
+    request.app[RECORDS].append(record)
+    model = str(body.get("model", ""))
+    if request.headers.get("x-api-key") == "bad-key":
+        return _error(401, "authentication_error", "invalid x-api-key")
+    if not request.headers.get("x-api-key") or not request.headers.get("anthropic-version"):
+        return _error(401, "authentication_error", "missing x-api-key or anthropic-version")
+    if "max_tokens" not in body:
+        return _error(400, "invalid_request_error", "max_tokens: Field required")
+    if model == "claude-overloaded":
+        return _error(529, "overloaded_error", "Overloaded")
+    if model == "claude-invalid":
+        return _error(400, "invalid_request_error", "messages: roles must alternate")
+    if model == "claude-stall":
+        await asyncio.sleep(3600)
+
+    blocks, stop_reason, stop_sequence = _answer(body)
+    usage = {"input_tokens": 12, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 5, "output_tokens": 1}
+    output_tokens = 7
+    if not body.get("stream"):
+        content = []
+        for kind, value, name in blocks:
+            if kind == "tool_use":
+                content.append({"type": "tool_use", "id": "toolu_fake1", "name": name, "input": orjson.loads(value)})
+            elif kind == "thinking":
+                content.append({"type": "thinking", "thinking": value, "signature": "sig"})
+            else:
+                content.append({"type": "text", "text": value})
+        return web.json_response({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                                  "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+                                  "usage": {**usage, "output_tokens": output_tokens}})
+
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(_event("message_start", {"type": "message_start", "message": {
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": usage}}))
+    await response.write(_event("ping", {"type": "ping"}))
+    try:
+        if model == "claude-slow":
+            await response.write(_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                                "content_block": {"type": "text", "text": ""}}))
+            for _ in range(600):
+                await response.write(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                                    "delta": {"type": "text_delta", "text": "x "}}))
+                await asyncio.sleep(0.1)
+        for index, (kind, value, name) in enumerate(blocks):
+            start: dict[str, Any] = {"type": kind, "text": ""}
+            if kind == "tool_use":
+                start = {"type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}}
+            elif kind == "thinking":
+                start = {"type": "thinking", "thinking": ""}
+            await response.write(_event("content_block_start", {"type": "content_block_start", "index": index,
+                                                                "content_block": start}))
+            if kind == "tool_use":
+                for offset in range(0, len(value), 7):
+                    await response.write(_event("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": value[offset:offset + 7]}}))
+            elif kind == "thinking":
+                for word in value.split(" "):
+                    await response.write(_event("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": word + " "}}))
+                await response.write(_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM"}}))
+            else:
+                for position, word in enumerate(value.split(" ")):
+                    await response.write(_event("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "text_delta", "text": word if position == 0 else " " + word}}))
+                    if model == "claude-midstream":
+                        await response.write(_event("error", {"type": "error", "error": {
+                            "type": "overloaded_error", "message": "Overloaded"}}))
+                        return response
+            await response.write(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        await response.write(_event("message_delta", {"type": "message_delta",
+                                                      "delta": {"stop_reason": stop_reason,
+                                                                "stop_sequence": stop_sequence},
+                                                      "usage": {"output_tokens": output_tokens}}))
+        await response.write(_event("message_stop", {"type": "message_stop"}))
+    except (asyncio.CancelledError, ConnectionResetError):
+        record["cancelled"] = True
+        raise
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": None})
+    if request.headers.get("x-api-key") in (None, "bad-key"):
+        return _error(401, "authentication_error", "invalid x-api-key")
+    ids = ["claude-text", "claude-tool", "claude-think"]
+    return web.json_response({"data": [{"type": "model", "id": i, "display_name": i.title(),
+                                        "created_at": "2025-01-01T00:00:00Z"} for i in ids],
+                              "has_more": False, "first_id": ids[0], "last_id": ids[-1]})
+
+
+async def get_records(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RECORDS])
+
+
+async def clear_records(request: web.Request) -> web.Response:
+    request.app[RECORDS].clear()
+    return web.json_response({"ok": True})
+
+
+def create_app() -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[RECORDS] = []
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/_requests", get_records)
+    app.router.add_delete("/_requests", clear_records)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9101)
+    args = parser.parse_args()
+    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None,
+                handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()

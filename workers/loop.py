@@ -1,0 +1,462 @@
+"""The worker loop: sockets on one thread, the model on another.
+
+The IO thread (the main thread, so signals reach it) owns every ZeroMQ socket:
+one DEALER per gateway endpoint plus the receiving end of an inproc pipe that
+the model thread writes to. ZeroMQ sockets are not thread-safe, so the model
+thread never touches a DEALER: it hands frames to the IO thread over the pipe.
+Heartbeats and aborts therefore keep flowing while a generation runs.
+
+Streamed output is coalesced: ``emit`` appends to a per-request buffer and
+only schedules a flush when none is pending, so tokens produced while the IO
+thread is still busy sending the previous frame ride in the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from protocol.codec import MAX_MESSAGE_BYTES, MalformedFrame, encode, vectors_to_frame, worker_side_decoder
+from protocol.messages import (
+    Abort,
+    AnyMessage,
+    CacheOp,
+    Chunk,
+    Embed,
+    Error,
+    ErrorCode,
+    Final,
+    FinishReason,
+    Generate,
+    Heartbeat,
+    Probe,
+    Ready,
+    Unload,
+    Usage,
+)
+from workers.backend import Backend, Delta, WorkerError
+
+log = logging.getLogger("acore.worker")
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0
+POLL_MS = 100
+PR_SET_PDEATHSIG = 1
+
+# Pipe frame kinds (model thread -> IO thread).
+_SEND = b"S"  # [kind, socket index, *frames]: send these frames
+_FLUSH = b"F"  # [kind, request id]: send the coalesced chunk buffered for this request
+
+
+@dataclass(slots=True)
+class _Work:
+    sock: int
+    message: AnyMessage
+
+
+@dataclass(slots=True)
+class _Pending:
+    sock: int
+    delta: Delta
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the parent (the supervising gateway) dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the getppid() poll in the IO loop still catches it
+
+
+class WorkerLoop:
+    def __init__(
+        self,
+        backend: Backend,
+        endpoints: list[str],
+        worker_id: str,
+        *,
+        max_batch: int = 64,
+        batch_wait_ms: float = 3.0,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self.endpoints = endpoints
+        self.worker_id = worker_id
+        self.max_batch = max(1, max_batch)
+        self.batch_wait_s = max(0.0, batch_wait_ms) / 1000.0
+        self.parent_pid = parent_pid
+        self.dropped_frames = 0
+        self._stop = threading.Event()
+        self._work: queue.Queue[_Work | None] = queue.Queue()
+        self._held: deque[_Work] = deque()  # items taken while batching embeds, served next in order
+        self._lock = threading.Lock()
+        self._aborted: set[str] = set()
+        self._known: dict[str, int] = {}  # request id -> socket index, for queued and running requests
+        self._pending: dict[str, _Pending] = {}
+        self._active = 0
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._pipe_addr = f"inproc://acore-worker-pipe-{id(self)}"
+        self._decoder = worker_side_decoder()
+
+    # ------------------------------------------------------------------ thread-safe helpers
+
+    def aborted(self, request_id: str) -> bool:
+        return self._stop.is_set() or request_id in self._aborted
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def ready_message(self) -> Ready:
+        info = self.backend.info()
+        return Ready(
+            worker_id=self.worker_id,
+            provider=self.backend.provider,
+            model=self.backend.name,
+            aliases=list(info.aliases),
+            capabilities=info.capabilities,
+            context_length=info.context_length,
+            max_concurrency=info.max_concurrency,
+            embedding_dimensions=info.embedding_dimensions,
+            pid=os.getpid(),
+        )
+
+    # ------------------------------------------------------------------ IO thread
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, the parent's death, or stop(); returns the exit status."""
+        pipe_in = self._ctx.socket(zmq.PULL)
+        pipe_in.bind(self._pipe_addr)
+        sockets: list[zmq.Socket[bytes]] = []
+        for endpoint in self.endpoints:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self.worker_id.encode()[:255])
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            sockets.append(sock)
+        self._sockets = sockets
+        model_thread = threading.Thread(target=self._model_thread, name="model", daemon=True)
+        model_thread.start()
+        poller = zmq.Poller()
+        poller.register(pipe_in, zmq.POLLIN)
+        for sock in sockets:
+            poller.register(sock, zmq.POLLIN)
+        ready = encode(self.ready_message())
+        for sock in sockets:
+            self._send(sock, ready)
+        now = time.monotonic()
+        last_seen = [now] * len(sockets)
+        next_beat = now + HEARTBEAT_INTERVAL_S
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(POLL_MS))
+                if pipe_in in events:
+                    self._drain_pipe(pipe_in)
+                for index, sock in enumerate(sockets):
+                    if sock in events:
+                        last_seen[index] = time.monotonic()
+                        self._drain_socket(index, sock)
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_INTERVAL_S
+                    beat = encode(Heartbeat(sender=self.worker_id, active=self._active, queued=self._queued()))
+                    for index, sock in enumerate(sockets):
+                        self._send(sock, beat)
+                        if now - last_seen[index] > HEARTBEAT_TIMEOUT_S:
+                            self._abort_socket(index)
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("the supervising gateway (pid %d) is gone: stopping", self.parent_pid)
+                    break
+        finally:
+            self._stop.set()
+            self._work.put(None)
+            model_thread.join(timeout=5.0)
+            for sock in sockets:
+                sock.close(linger=0)
+            pipe_in.close(linger=0)
+        return 0
+
+    def _queued(self) -> int:
+        return self._work.qsize() + len(self._held)
+
+    def _send(self, sock: zmq.Socket[bytes], frames: list[Any]) -> None:
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # The gateway is gone or not reading: never block the IO thread (heartbeats, aborts) on it.
+            pass
+
+    def _drain_pipe(self, pipe_in: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = pipe_in.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            kind = frames[0].bytes
+            if kind == _SEND:
+                index = int(frames[1].bytes)
+                self._send(self._sockets[index], frames[2:])
+            elif kind == _FLUSH:
+                request_id = frames[1].bytes.decode()
+                with self._lock:
+                    pending = self._pending.pop(request_id, None)
+                if pending is not None:
+                    d = pending.delta
+                    chunk = Chunk(request_id=request_id, text=d.text, reasoning=d.reasoning,
+                                  n_tokens=d.n_tokens, tool_calls=d.tool_calls)
+                    self._send(self._sockets[pending.sock], encode(chunk))
+
+    def _drain_socket(self, index: int, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message, _binary = self._decoder.decode(frames)
+            except MalformedFrame as exc:
+                self.dropped_frames += 1
+                log.warning("dropped a malformed frame (%d so far): %s", self.dropped_frames, str(exc)[:200])
+                continue
+            self._handle(index, sock, message)
+
+    def _handle(self, index: int, sock: zmq.Socket[bytes], message: AnyMessage) -> None:
+        if isinstance(message, Heartbeat):
+            return  # last-seen is already updated
+        if isinstance(message, Probe):
+            self._send(sock, encode(self.ready_message()))
+            return
+        if isinstance(message, Abort):
+            # Set at once, from this thread: the model thread polls it between tokens.
+            with self._lock:
+                if message.request_id in self._known:
+                    self._aborted.add(message.request_id)
+            return
+        if isinstance(message, Generate | Embed | CacheOp | Unload):
+            if message.request_id:
+                with self._lock:
+                    self._known[message.request_id] = index
+            self._work.put(_Work(index, message))
+            return
+        self.dropped_frames += 1  # a well-formed message of the wrong direction
+
+    def _abort_socket(self, index: int) -> None:
+        """The gateway behind this socket went silent: nobody will read its requests' output."""
+        with self._lock:
+            for request_id, sock in self._known.items():
+                if sock == index:
+                    self._aborted.add(request_id)
+
+    # ------------------------------------------------------------------ model thread
+
+    def _model_thread(self) -> None:
+        pipe_out = self._ctx.socket(zmq.PUSH)
+        pipe_out.connect(self._pipe_addr)
+        self._pipe_out = pipe_out
+        try:
+            while not self._stop.is_set():
+                item = self._next(timeout=0.2)
+                if item is None:
+                    continue
+                self._active = 1
+                try:
+                    self._serve(item)
+                finally:
+                    self._active = 0
+        finally:
+            pipe_out.close(linger=1000)
+
+    def _next(self, timeout: float) -> _Work | None:
+        if self._held:
+            return self._held.popleft()
+        try:
+            return self._work.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _reply(self, sock: int, message: AnyMessage, *binary: Any) -> None:
+        self._pipe_out.send_multipart([_SEND, str(sock).encode(), *encode(message, *binary)], copy=False)
+
+    def _finish(self, request_id: str) -> None:
+        with self._lock:
+            self._known.pop(request_id, None)
+            self._aborted.discard(request_id)
+
+    def _ensure_loaded(self) -> None:
+        if not self.backend.loaded:
+            started = time.monotonic()
+            log.info("reloading %s ...", self.backend.model)
+            self.backend.load()
+            log.info("reloaded %s in %.2f s", self.backend.name, time.monotonic() - started)
+
+    def _serve(self, item: _Work) -> None:
+        message = item.message
+        if isinstance(message, Embed):
+            self._serve_embeds(self._collect_embeds(item))
+            return
+        request_id = getattr(message, "request_id", "")
+        try:
+            if isinstance(message, Unload):
+                if self.backend.loaded:
+                    self.backend.unload()
+                    log.info("unloaded %s", self.backend.name)
+                if request_id:
+                    self._reply(item.sock, Final(request_id=request_id))
+                return
+            if self.aborted(request_id):
+                self._reply(item.sock, Final(request_id=request_id, finish_reason=FinishReason.ABORTED))
+                return
+            self._ensure_loaded()
+            if isinstance(message, Generate):
+                self._generate(item.sock, message)
+            elif isinstance(message, CacheOp):
+                result = self.backend.cache_op(message)
+                self._reply(item.sock, Final(request_id=request_id, result=result))
+        except WorkerError as exc:
+            self._flush_marker(request_id)
+            self._reply(item.sock, Error(request_id=request_id, code=exc.code, message=exc.message, param=exc.param))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self._flush_marker(request_id)
+            self._reply(item.sock, Error(request_id=request_id, code=ErrorCode.INTERNAL,
+                                         message=f"worker error: {type(exc).__name__}: {exc}"[:2000]))
+        finally:
+            self._finish(request_id)
+
+    def _flush_marker(self, request_id: str) -> None:
+        """Drop buffered output of a failed request (its Error ends the stream)."""
+        with self._lock:
+            self._pending.pop(request_id, None)
+
+    def _generate(self, sock: int, request: Generate) -> None:
+        request_id = request.request_id
+        pipe_out = self._pipe_out
+        flush_msg = [_FLUSH, request_id.encode()]
+
+        def emit(delta: Delta) -> None:
+            with self._lock:
+                pending = self._pending.get(request_id)
+                if pending is None:
+                    # No flush queued: this delta starts a new frame; the IO thread takes it when it gets there.
+                    self._pending[request_id] = _Pending(sock, Delta(delta.text, delta.reasoning, delta.n_tokens,
+                                                                     list(delta.tool_calls)))
+                    schedule = True
+                else:
+                    d = pending.delta
+                    d.text += delta.text
+                    d.reasoning += delta.reasoning
+                    d.n_tokens += delta.n_tokens
+                    d.tool_calls.extend(delta.tool_calls)
+                    schedule = False
+            if schedule:
+                pipe_out.send_multipart(flush_msg)
+
+        def cancelled() -> bool:
+            return self.aborted(request_id)
+
+        result = self.backend.generate(request, emit, cancelled)
+        finish = FinishReason.ABORTED if cancelled() else result.finish_reason
+        # The pipe is FIFO: any queued flush for this request goes out before this Final.
+        self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=result.usage))
+
+    def _collect_embeds(self, first: _Work) -> list[_Work]:
+        """The first Embed plus those already queued or arriving within batch_wait, up to max_batch inputs."""
+        batch = [first]
+        total = len(first.message.texts)  # type: ignore[union-attr]
+        deadline = time.monotonic() + self.batch_wait_s
+        while total < self.max_batch:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._work.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is None:
+                self._work.put(None)
+                break
+            message = item.message
+            if not isinstance(message, Embed) or total + len(message.texts) > self.max_batch:
+                self._held.append(item)  # keep arrival order: it runs right after this batch
+                break
+            batch.append(item)
+            total += len(message.texts)
+        return batch
+
+    def _serve_embeds(self, batch: list[_Work]) -> None:
+        live = []
+        for item in batch:
+            request_id = item.message.request_id  # type: ignore[union-attr]
+            if self.aborted(request_id):
+                self._reply(item.sock, Final(request_id=request_id, finish_reason=FinishReason.ABORTED))
+                self._finish(request_id)
+            else:
+                live.append(item)
+        if not live:
+            return
+        try:
+            self._ensure_loaded()
+            outcomes = self.backend.embed([item.message for item in live])  # type: ignore[misc]
+            if len(outcomes) != len(live):
+                raise RuntimeError(f"backend returned {len(outcomes)} results for {len(live)} requests")
+            for item, outcome in zip(live, outcomes, strict=True):
+                request_id = item.message.request_id  # type: ignore[union-attr]
+                if outcome.error is not None:
+                    err = outcome.error
+                    self._reply(item.sock, Error(request_id=request_id, code=err.code, message=err.message,
+                                                 param=err.param))
+                elif outcome.vectors is None:
+                    self._reply(item.sock, Error(request_id=request_id, code=ErrorCode.INTERNAL,
+                                                 message="backend returned no vectors"))
+                else:
+                    count, dims = outcome.vectors.shape
+                    final = Final(request_id=request_id, count=int(count), dims=int(dims),
+                                  token_counts=list(outcome.token_counts),
+                                  usage=_embed_usage(outcome.token_counts))
+                    self._reply(item.sock, final, vectors_to_frame(outcome.vectors))
+        except WorkerError as exc:
+            for item in live:
+                self._reply(item.sock, Error(request_id=item.message.request_id,  # type: ignore[union-attr]
+                                             code=exc.code, message=exc.message, param=exc.param))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            for item in live:
+                self._reply(item.sock, Error(request_id=item.message.request_id,  # type: ignore[union-attr]
+                                             code=ErrorCode.INTERNAL,
+                                             message=f"worker error: {type(exc).__name__}: {exc}"[:2000]))
+        finally:
+            for item in live:
+                self._finish(item.message.request_id)  # type: ignore[union-attr]
+
+
+def _embed_usage(token_counts: list[int]) -> Usage:
+    return Usage(prompt_tokens=sum(token_counts))
+
+
+def install_signal_handlers(loop: WorkerLoop) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        loop.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread (tests): no handlers
+            signal.signal(signum, handler)
