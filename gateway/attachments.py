@@ -38,9 +38,11 @@ def to_gateway_error(exc: MediaError) -> GatewayError:
 
 
 def policy_from(app: web.Application) -> MediaPolicy:
+    """Every MediaSettings field that MediaPolicy also has is passed through, so a setting added to
+    [media] / MediaSettings later (max_image_side, fetch_timeout_s, ...) takes effect without a change here."""
     settings = app[CONFIG].media
-    return MediaPolicy(roots=settings.roots, url_allowlist=settings.url_allowlist,
-                       max_file_bytes=settings.max_file_bytes, max_request_bytes=settings.max_request_bytes)
+    names = [name for name in MediaPolicy.__dataclass_fields__ if name != "real_roots" and hasattr(settings, name)]
+    return MediaPolicy(**{name: getattr(settings, name) for name in names})
 
 
 class AttachmentHook:
@@ -66,7 +68,8 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
     policy = policy_from(app)
     executor = ParseExecutor(workers=policy.parse_workers, timeout_s=policy.parse_timeout_s,
                              cpu_s=policy.parse_cpu_s, memory_bytes=policy.parse_memory_bytes)
-    executor.start()  # the forkserver boots now, not on the first attachment
+    # The forkserver (parsers preloaded, ~70 MB) starts on the first attachment, not here: most gateways
+    # (and every test gateway on a small box) never parse anything, and the first parse pays ~1-2 s once.
     fetcher = Fetcher(policy)
     app[MEDIA] = MediaRuntime(policy, fetcher, executor)
     yield

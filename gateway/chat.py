@@ -8,6 +8,7 @@ unload_after) instead of editing this module.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +22,8 @@ from gateway.keys import CONFIG, PROVIDERS
 from gateway.providers.base import ChatCall
 from gateway.thinking import normalize_thinking
 from protocol.openai import ChatCompletionRequest, RequestValidationError, validate
+
+log = logging.getLogger("acore.gateway")
 
 # Fields that are ours (AbstractCore extensions), never forwarded upstream.
 EXTENSION_FIELDS = ("api_key", "base_url", "thinking", "unload_after", "timeout_s", "agent_format")
@@ -89,29 +92,35 @@ def prepare_chat(app: web.Application, body: dict[str, Any], headers: Mapping[st
     )
 
 
-async def run_before_hooks(app: web.Application, call: ChatCall) -> None:
-    for hook in app.get(CALL_HOOKS, ()):
-        await hook.before(app, call)
+async def run_before_hooks(app: web.Application, call: ChatCall) -> list[CallHook]:
+    """Run every hook's ``before``; return the hooks that ran, so only they get ``after``."""
+    ran: list[CallHook] = []
+    try:
+        for hook in app.get(CALL_HOOKS, ()):
+            await hook.before(app, call)
+            ran.append(hook)
+    except BaseException:
+        await run_after_hooks(app, call, ran)
+        raise
+    return ran
 
 
-async def run_after_hooks(app: web.Application, call: ChatCall) -> None:
-    for hook in app.get(CALL_HOOKS, ()):
+async def run_after_hooks(app: web.Application, call: ChatCall, hooks: list[CallHook]) -> None:
+    for hook in reversed(hooks):
         try:
             await hook.after(app, call)
         except Exception:  # an after-hook must never turn a served answer into an error
-            import logging
-
-            logging.getLogger("acore.gateway").exception("after-hook failed for %s", call.request_id)
+            log.exception("after-hook failed for %s", call.request_id)
 
 
 async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
     """Run a non-streaming chat; the answer's ``model`` is what the client asked for."""
     provider = app[PROVIDERS].provider_for(call.provider)
-    await run_before_hooks(app, call)
+    hooks = await run_before_hooks(app, call)
     try:
         result = await provider.chat(call)
     finally:
-        await run_after_hooks(app, call)
+        await run_after_hooks(app, call, hooks)
     result["model"] = call.requested_model
     return result
 
@@ -119,7 +128,7 @@ async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
 async def stream(app: web.Application, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
     """Chunks as the provider produces them, ``model`` rewritten, the first carrying the role."""
     provider = app[PROVIDERS].provider_for(call.provider)
-    await run_before_hooks(app, call)
+    hooks = await run_before_hooks(app, call)
     try:
         chunks = provider.chat_stream(call)
         first = True
@@ -134,7 +143,7 @@ async def stream(app: web.Application, call: ChatCall) -> AsyncIterator[dict[str
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
     finally:
-        await run_after_hooks(app, call)
+        await run_after_hooks(app, call, hooks)
 
 
 def _ensure_role(chunk: dict[str, Any]) -> None:

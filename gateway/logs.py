@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -76,6 +77,11 @@ async def request_context_middleware(request: web.Request, handler: Any) -> web.
         if not response.prepared:
             response.headers["x-request-id"] = request_id
         return response
+    except asyncio.CancelledError:
+        # the client went away (handler cancellation) or the server is stopping: nginx's 499,
+        # not a 500 that would read as a gateway fault
+        status = 499
+        raise
     finally:
         if access_log.isEnabledFor(logging.DEBUG) and request.path != "/health":
             fields = {

@@ -24,38 +24,69 @@ _HEADERS = {
 
 
 class SSEWriter:
+    """Writes SSE frames. With ``batching`` on, frames are queued and go out together on
+    ``flush()`` (stream_events flushes whenever its source would wait for the network), so a
+    burst of upstream events costs one socket write instead of one each."""
+
+    # Never hold back more than this, however fast the source produces.
+    MAX_PENDING_BYTES = 64 * 1024
+
     def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
         self.request = request
         request_id = request.get("request_id")
         base = {**_HEADERS, "x-request-id": request_id} if request_id else dict(_HEADERS)
         self.response = web.StreamResponse(status=200, headers={**base, **(headers or {})})
         self.closed = False
+        self.batching = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     async def prepare(self) -> None:
         await self.response.prepare(self.request)
 
+    async def _write(self, frame: bytes) -> None:
+        if not self.batching:
+            await self.response.write(frame)
+            return
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes >= self.MAX_PENDING_BYTES:
+            await self.flush()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    async def flush(self) -> None:
+        if self._pending:
+            frames = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            await self.response.write(frames)
+
     async def send(self, data: dict[str, Any], event: str | None = None) -> None:
         payload = orjson.dumps(data)
         if event is None:
-            await self.response.write(b"data: " + payload + b"\n\n")
+            await self._write(b"data: " + payload + b"\n\n")
         else:
-            await self.response.write(b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n")
+            await self._write(b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n")
 
     async def send_raw(self, frame: bytes) -> None:
-        await self.response.write(frame)
+        await self._write(frame)
 
     async def send_error(self, error: GatewayError, event: str | None = None) -> None:
         await self.send(error.body(), event)
 
     async def done(self) -> None:
-        await self.response.write(b"data: [DONE]\n\n")
+        await self._write(b"data: [DONE]\n\n")
 
     async def finish(self) -> web.StreamResponse:
         if not self.closed:
             self.closed = True
             try:
+                await self.flush()
                 await self.response.write_eof()
-            except (ConnectionResetError, RuntimeError):
+            except (ConnectionResetError, ConnectionError, RuntimeError):
                 pass
         return self.response
 

@@ -35,5 +35,9 @@ def _rebuild(status: int, message: str, param: str | None, code: str | None) -> 
     return MediaError(status, message, param=param, code=code)
 
 
-# Errors cross the process boundary from the parse child: keep them picklable.
-MediaError.__reduce__ = lambda self: (_rebuild, (self.status, self.message, self.param, self.code))  # type: ignore[method-assign,assignment]
+def _reduce(self: MediaError) -> tuple[object, tuple[int, str, str | None, str | None]]:
+    return _rebuild, (self.status, self.message, self.param, self.code)
+
+
+# Errors cross the process boundary from the parse child: keep them picklable (keyword-only args).
+MediaError.__reduce__ = _reduce  # type: ignore[method-assign,assignment]

@@ -21,10 +21,9 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from media.errors import MediaError, bad, forbidden, too_large
 from media.policy import MediaPolicy
@@ -75,7 +74,7 @@ class PinnedResolver(AbstractResolver):
         self.host = host
         self.address = address
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         if host.lower().rstrip(".") != self.host:
             raise OSError(f"unexpected host {host!r} for a pinned fetch")
         ip = ipaddress.ip_address(self.address)
@@ -119,6 +118,11 @@ class Fetcher:
         host = (parts.hostname or "").lower().rstrip(".")
         if not host:
             raise bad("URL has no host.")
+        try:
+            # The name aiohttp will send (punycode), so the pinned resolver recognises it.
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise bad("URL host is not a valid name.") from None
         if parts.username or parts.password:
             raise bad("URLs with credentials are not allowed.")
         port = port or (443 if parts.scheme == "https" else 80)

@@ -25,14 +25,15 @@ def normalise(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, in
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
+            with Image.open(io.BytesIO(data), formats=list(FORMATS)) as opened:
+                image: Image.Image = opened
                 width, height = image.size
                 source_format = image.format
                 if width <= 0 or height <= 0 or width * height > max_pixels:
                     raise too_large(f"Image has too many pixels ({width}x{height}; limit {max_pixels}).")
                 image.seek(0)  # animated GIF/WEBP/TIFF: the first frame only
                 image.load()
-                image = ImageOps.exif_transpose(image)  # type: ignore[assignment]
+                image = ImageOps.exif_transpose(image)
                 if max(image.size) > max_side:
                     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
                 has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)

@@ -23,6 +23,7 @@ from workers.backend import Backend, BackendInfo, Cancelled, Delta, Emit, Genera
 # llama_cpp only inside functions, so importing it here loads no llama.cpp code).
 from workers.llamacpp import could_be_tool_call, message_text, parse_tool_calls
 from workers.prompt_cache import (
+    AUTO_PREFIX,
     DEFAULT_MAX_BYTES,
     CacheEntry,
     PromptCacheStore,
@@ -73,13 +74,20 @@ class KVState:
             if not isinstance(layer, KVCache):
                 raise WorkerError(ErrorCode.NOT_SUPPORTED, f"cannot copy a {type(layer).__name__} prompt cache")
             fresh = KVCache()
-            if layer.keys is not None and n > 0:
-                fresh.keys = layer.keys[..., :n, :] * 1
-                fresh.values = layer.values[..., :n, :] * 1
+            keys, values = layer.keys, layer.values
+            if keys is not None and values is not None and n > 0:
+                fresh.keys = keys[..., :n, :] * 1
+                fresh.values = values[..., :n, :] * 1
                 fresh.offset = n
             out.append(fresh)
         mx.eval([c.state for c in out if c.keys is not None])
         return KVState(out)
+
+
+def _kv_of(entry: CacheEntry | None) -> KVState | None:
+    """The live KV state of an entry (None for a missing entry or a fresh key's empty state)."""
+    state: Any = entry.state if entry is not None else None
+    return state if isinstance(state, KVState) and state.layers else None
 
 
 class StopMatcher:
@@ -159,7 +167,7 @@ class MLXBackend(Backend):
         try:
             import mlx_lm
 
-            self._model, self._tokenizer = mlx_lm.load(str(self._dir))
+            self._model, self._tokenizer = mlx_lm.load(str(self._dir))[:2]
         except ImportError as exc:
             raise ModelLoadError(f"mlx-lm is not installed: pip install 'acore[mlx]' ({exc})") from exc
         except Exception as exc:
@@ -191,8 +199,10 @@ class MLXBackend(Backend):
     def info(self) -> BackendInfo:
         ctx = self._context_length
         if not ctx:
-            path = Path(self.model).expanduser()
-            ctx = self._config_context_length(path) if path.is_dir() else 0
+            try:
+                ctx = self._config_context_length(self._dir or resolve_model_dir(self.model))
+            except ModelLoadError:
+                ctx = 0  # load() will report it
         return BackendInfo(capabilities=Capabilities(chat=True, tools=True, prompt_cache=True), context_length=ctx,
                            max_concurrency=1)
 
@@ -268,23 +278,19 @@ class MLXBackend(Backend):
             # Out of the store while in use: the store sized it when it was put, and the entry is
             # about to change; _checkin puts it back with its new size.
             self._take(key)
-        if best_key is not None and best_key == key and entry is not None:
-            # the key's own state: extend it in place
-            kv, n = entry.state, min(best, limit)
-        elif best_key is not None and (key is not None or not best_key.startswith("\x00")):
-            # another key's state: copy the shared prefix, never write into someone else's cache
-            src: KVState = self.store.get(best_key).state  # type: ignore[union-attr]
-            n = min(best, limit)
-            kv = src.copy(n)
-        elif best_key is not None:
-            # an automatic snapshot: ours to consume; put_auto stores the extended state afterwards
-            auto = self.store.get(best_key)
-            self.store.remove(best_key)
-            kv, n = auto.state, min(best, limit)  # type: ignore[union-attr]
+        source = self.store.get(best_key) if best_key is not None and best_key != key else entry
+        found = _kv_of(source) if best_key is not None else None
+        n = min(best, limit)
+        if found is None:
+            kv, n = self._fresh_kv(), 0
+        elif best_key == key:
+            kv = found  # the key's own state: extended in place
+        elif key is not None or not best_key.startswith(AUTO_PREFIX):  # type: ignore[union-attr]
+            kv = found.copy(n)  # another key's state: copy the shared prefix, never write into it
         else:
-            kv, n = self._fresh_kv(), 0
-        if not isinstance(kv, KVState) or not kv.layers:
-            kv, n = self._fresh_kv(), 0
+            # an automatic snapshot is ours to consume: put_auto stores the extended state afterwards
+            self.store.remove(best_key)  # type: ignore[arg-type]
+            kv = found
         self._trim(kv, n)
         return kv, n, entry
 
@@ -355,7 +361,7 @@ class MLXBackend(Backend):
         eos = set(self._tokenizer.eos_token_ids)
         detok = self._tokenizer.detokenizer
         stopper = StopMatcher(list(p.stop))
-        steps: Iterator[tuple[int, Any]] = generate_step(
+        steps: Iterator[tuple[Any, Any]] = generate_step(
             mx.array(tokens[reused:]), self._model, max_tokens=-1, sampler=sampler,
             logits_processors=processors or None, prompt_cache=kv.layers, prefill_step_size=PREFILL_STEP,
         )
@@ -472,7 +478,8 @@ class MLXBackend(Backend):
             raise WorkerError(ErrorCode.CONFLICT, f"prompt cache key {dst_key!r} exists (pass overwrite)",
                               param="to_key")
         # the store's own fork shares the (immutable) llama.cpp bytes; a live KV list must be copied
-        state = src.state.copy() if isinstance(src.state, KVState) else src.state
+        live = _kv_of(src)
+        state: Any = live.copy() if live is not None else b""
         ttl = args.get("ttl_s")
         entry = CacheEntry(tokens=src.tokens.copy(), state=state, ttl_s=ttl if ttl is not None else src.ttl_s,
                            meta={**src.meta, "forked_from": src_key})  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 # ChatML, as Qwen and many llama fine-tunes use; tools are rendered into the system turn so a
 # request with tools yields a different (longer) prompt, which the tests can observe.
@@ -112,7 +113,8 @@ def write_tiny_mlx_model(
     # everything but the last token and a broken prompt cache would go unnoticed by the tests.
     from mlx.utils import tree_flatten, tree_unflatten
 
-    params = []
+    params: list[tuple[str, Any]] = []
+    value: Any
     for name, value in sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0]):
         if name.endswith("norm.weight"):
             params.append((name, mx.ones(value.shape, dtype=mx.float32)))

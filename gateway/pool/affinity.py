@@ -11,7 +11,7 @@ message prefixes; matching them costs no round trip to the workers.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ import orjson
 # Prefix fingerprints remembered per worker: about the last 64 requests of up to 16 messages each
 # (a worker itself keeps only ~8 automatic snapshots plus its named keys, so older ones rarely pay).
 HISTORY_PER_WORKER = 64 * 16
+HISTORY_ROOTS = 64  # conversation starts remembered per worker, to spread new sessions
 MAX_PINNED_KEYS = 8192  # clients may invent a key per conversation: bound the table (LRU)
 
 # (fingerprint of messages[0..i] plus tools, characters covered by that prefix)
@@ -62,6 +63,9 @@ class Affinity:
         self.max_keys = max_keys
         self._owners: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (model, key) -> worker identity
         self._seen: dict[bytes, OrderedDict[str, int]] = {}  # worker identity -> prefix fingerprint -> size
+        self._counts: Counter[bytes] = Counter()  # worker identity -> keys pinned to it
+        # worker identity -> first-message fingerprints (~ sessions: system prompt + tools) it served
+        self._roots: dict[bytes, OrderedDict[str, None]] = {}
 
     # ------------------------------------------------------------------ keys
 
@@ -72,21 +76,25 @@ class Affinity:
         return identity
 
     def pin(self, model: str, key: str, identity: bytes) -> None:
+        self.unpin(model, key)
         self._owners[(model, key)] = identity
-        self._owners.move_to_end((model, key))
+        self._counts[identity] += 1
         while len(self._owners) > self.max_keys:
-            self._owners.popitem(last=False)
+            _, old = self._owners.popitem(last=False)
+            self._counts[old] -= 1
 
     def unpin(self, model: str, key: str) -> None:
-        self._owners.pop((model, key), None)
+        identity = self._owners.pop((model, key), None)
+        if identity is not None:
+            self._counts[identity] -= 1
 
     def unpin_worker(self, model: str, identity: bytes) -> None:
         """After a clear-all on a worker: none of its keys exist any more."""
         for k in [k for k, v in self._owners.items() if k[0] == model and v == identity]:
-            del self._owners[k]
+            self.unpin(*k)
 
-    def keys_of(self, identity: bytes) -> list[tuple[str, str]]:
-        return [k for k, v in self._owners.items() if v == identity]
+    def key_count(self, identity: bytes) -> int:
+        return self._counts[identity]
 
     # ------------------------------------------------------------------ choosing
 
@@ -109,10 +117,16 @@ class Affinity:
         identity = self._owners.get((model, key))
         return identity is not None and any(w.identity == identity and w.alive for w in live)
 
-    def best_prefix(self, workers: Sequence[Any], prefix: Sequence[Prefix]) -> list[Any]:
-        """The workers sharing the longest recorded prefix with the request (all when none matches)."""
+    def root_count(self, identity: bytes) -> int:
+        """How many distinct conversation starts a worker served recently: a new one goes to the
+        worker with the fewest, so sessions are spread instead of piling up (and evicting) on one."""
+        return len(self._roots.get(identity, ()))
+
+    def best_prefix(self, workers: Sequence[Any], prefix: Sequence[Prefix]) -> tuple[list[Any], int]:
+        """The workers sharing the longest recorded prefix with the request (all when none matches),
+        and the characters that prefix covers (0: no match)."""
         if not self.cache_aware or not prefix or len(workers) < 2:
-            return list(workers)
+            return list(workers), 0
         best: list[Any] = []
         best_size = 0
         for worker in workers:
@@ -127,7 +141,7 @@ class Affinity:
                 best, best_size = [worker], size
             elif size == best_size and size > 0:
                 best.append(worker)
-        return best or list(workers)
+        return (best, best_size) if best else (list(workers), 0)
 
     def assigned(self, worker: _Worker, model: str, key: str | None, prefix: Sequence[Prefix]) -> None:
         """A request went to ``worker``: it now holds the key and (soon) the request's prefix states."""
@@ -140,9 +154,16 @@ class Affinity:
                 seen.move_to_end(fingerprint)
             while len(seen) > self.history:
                 seen.popitem(last=False)
+            roots = self._roots.setdefault(worker.identity, OrderedDict())
+            roots[prefix[0][0]] = None
+            roots.move_to_end(prefix[0][0])
+            while len(roots) > HISTORY_ROOTS:
+                roots.popitem(last=False)
 
     def forget_worker(self, identity: bytes) -> None:
         """A dead worker's caches are gone: drop its keys and prefixes."""
         self._seen.pop(identity, None)
+        self._roots.pop(identity, None)
         for k in [k for k, v in self._owners.items() if v == identity]:
-            del self._owners[k]
+            self.unpin(*k)
+        self._counts.pop(identity, None)

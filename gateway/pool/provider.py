@@ -272,7 +272,8 @@ class LocalProvider:
             async with await self._lease(call.model, request_id) as lease:
                 await lease.send(message)
                 try:
-                    reply = await lease.next(self._limits.stream_idle_timeout_s)
+                    # An embedding sends nothing until it is done: allow time in proportion to its size.
+                    reply = await lease.next(max(self._limits.stream_idle_timeout_s, 0.25 * len(call.texts)))
                 except GatewayError as exc:
                     if exc.code == ErrorCode.WORKER_DEAD and attempt < MAX_FAILOVERS:
                         continue  # embeddings are idempotent: ask another worker

@@ -115,10 +115,21 @@ class Scheduler:
         share the longest message prefix with it (cache-aware routing), then the least loaded."""
         if len(workers) == 1:
             return workers[0]
-        workers = self.affinity.best_prefix(workers, self._prefix(request))
+        prefix = self._prefix(request)
+        workers, matched = self.affinity.best_prefix(workers, prefix)
 
-        def load(w: WorkerState) -> tuple[float, int, int]:
-            return len(w.requests) / w.slots, w.reported_queued, w.reported_active
+        # A new key goes to the worker holding the fewest keys among the least loaded: the workers'
+        # own load reports lag by up to a heartbeat, the gateway's key table does not.
+        # Likewise a conversation no worker has seen goes to the one serving the fewest others.
+        new_key = request.prompt_cache_key is not None
+        new_session = not new_key and bool(prefix) and not matched
+
+        def load(w: WorkerState) -> tuple[float, int, int, int]:
+            if new_key:
+                spread = self.affinity.key_count(w.identity)
+            else:
+                spread = self.affinity.root_count(w.identity) if new_session else 0
+            return len(w.requests) / w.slots, spread, w.reported_queued, w.reported_active
 
         least = min(load(w) for w in workers)
         ties = [w for w in workers if load(w) == least]

@@ -154,6 +154,9 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any
             anthropic_role = "assistant"
             text = _text_of(content, "Assistant message")
             blocks = ([{"type": "text", "text": text}] if text else []) + _tool_use_blocks(message.get("tool_calls"))
+            signature = message.get("reasoning_signature")
+            if isinstance(signature, str) and signature and isinstance(message.get("reasoning_content"), str):
+                blocks.insert(0, {"type": "thinking", "thinking": message["reasoning_content"], "signature": signature})
         elif role in ("tool", "function"):
             # A tool result is a user turn holding a tool_result block (several merge into one turn).
             anthropic_role = "user"
@@ -245,8 +248,24 @@ def build_request(call: ChatCall) -> dict[str, Any]:
         request["metadata"] = {"user_id": body["user"]}
     if body.get("response_format") and (body["response_format"] or {}).get("type") != "text":
         call.notices.append("response_format is not enforced by anthropic")
-    anthropic_thinking(call, request)
+    blocked = _thinking_blocked(request, messages) if call.thinking not in (None, "auto", "off") else None
+    if blocked:
+        call.notices.append(f"thinking off for this turn: {blocked}")
+    else:
+        anthropic_thinking(call, request)
     return request
+
+
+def _thinking_blocked(request: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
+    """Why Anthropic would refuse thinking on this request, if it would."""
+    if (request.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        return "anthropic cannot think with a forced tool_choice"
+    # In a tool loop the assistant turn answered by tool results must keep its signed thinking block;
+    # most clients drop unknown fields (reasoning_signature), so this turn goes without thinking.
+    if len(messages) >= 2 and any(b["type"] == "tool_result" for b in messages[-1]["content"]):
+        if not any(b["type"] in ("thinking", "redacted_thinking") for b in messages[-2]["content"]):
+            return "the assistant tool-call turn came back without reasoning_signature"
+    return None
 
 
 # ---------------------------------------------------------------------- response translation
@@ -335,11 +354,15 @@ class _Translator:
             if delta_type == "thinking_delta":
                 return self.chunk({"reasoning_content": delta.get("thinking", "")})
             if delta_type == "input_json_delta":
-                index = self.tool_index.get(int(event.get("index", 0)))
-                if index is None:
+                tool_index = self.tool_index.get(int(event.get("index", 0)))
+                if tool_index is None:
                     return None  # a server tool's input: not a client tool call
-                return self.chunk({"tool_calls": [{"index": index, "function": {"arguments": delta.get("partial_json", "")}}]})
-            return None  # signature_delta, citations_delta: nothing to send
+                return self.chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": delta.get("partial_json", "")}}]})
+            if delta_type == "signature_delta":
+                # Anthropic needs the signed thinking back in a tool-use loop; an extension field the
+                # client may echo on the assistant message (see convert_messages).
+                return self.chunk({"reasoning_signature": delta.get("signature", "")})
+            return None  # citations_delta: nothing to send
         if kind == "message_delta":
             reason = (event.get("delta") or {}).get("stop_reason")
             if reason:

@@ -13,12 +13,13 @@ from typing import Any
 
 
 class _Choice:
-    __slots__ = ("content", "finish_reason", "reasoning", "role", "tool_calls")
+    __slots__ = ("content", "finish_reason", "reasoning", "role", "signature", "tool_calls")
 
     def __init__(self) -> None:
         self.role = "assistant"
         self.content: list[str] = []
         self.reasoning: list[str] = []
+        self.signature: list[str] = []  # Anthropic's signed-thinking extension (reasoning_signature)
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
 
@@ -32,6 +33,8 @@ class _Choice:
             reasoning = delta.get("reasoning")  # some OpenAI-compatible servers use this name
         if isinstance(reasoning, str):
             self.reasoning.append(reasoning)
+        if isinstance(delta.get("reasoning_signature"), str):
+            self.signature.append(delta["reasoning_signature"])
         for position, fragment in enumerate(delta.get("tool_calls") or ()):
             if not isinstance(fragment, dict):
                 continue
@@ -58,6 +61,8 @@ class _Choice:
                 message["content"] = None  # what OpenAI sends for a pure tool-call turn
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
+        if self.signature:
+            message["reasoning_signature"] = "".join(self.signature)
         return message
 
 

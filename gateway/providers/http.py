@@ -154,9 +154,12 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def read_json(response: aiohttp.ClientResponse, provider: str, limit: int = 64 << 20) -> Any:
-    payload = await response.content.read(limit + 1)
-    if len(payload) > limit:
-        raise GatewayError(502, f"Provider {provider} sent a response over {limit} bytes.", type="server_error")
+    # content.read(n) returns only what is buffered: collect chunks up to the limit.
+    payload = bytearray()
+    async for chunk in response.content.iter_any():
+        payload += chunk
+        if len(payload) > limit:
+            raise GatewayError(502, f"Provider {provider} sent a response over {limit} bytes.", type="server_error")
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -168,9 +171,58 @@ MAX_EVENT_LINE = 8 << 20
 
 async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[tuple[str | None, bytes]]:
     """Yield ``(event, data)`` for each SSE event; ends at ``[DONE]`` or end of body."""
+    reader = response.content
+    if not hasattr(reader, "readany"):
+        # a wrapper offering readuntil only (e.g. the Responses passthrough)
+        async for item in _sse_data_by_line(reader, provider):
+            yield item
+        return
+    # Bulk path: take everything buffered at once and split it here. aiohttp keeps each HTTP
+    # chunk (one per upstream event) as its own buffer entry, and readuntil() per line costs
+    # several Python calls per entry: this is the gateway's hottest loop when streaming.
     event: str | None = None
     data_lines: list[bytes] = []
-    reader = response.content
+    rest = b""
+    while True:
+        try:
+            block = await reader.readany()
+        except ValueError:
+            raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error") from None
+        if not block:
+            lines = [rest] if rest else []
+            rest = b""
+        else:
+            buffer = rest + block if rest else block
+            lines = buffer.split(b"\n")
+            rest = lines.pop()
+            if len(rest) > MAX_EVENT_LINE:
+                raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error")
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if data_lines:
+                    data = b"\n".join(data_lines)
+                    data_lines = []
+                    if data == b"[DONE]":
+                        return
+                    yield event, data
+                event = None
+            elif line.startswith(b"data:"):
+                data_lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", "replace")
+            # comments (":") and unknown fields are ignored, as the SSE spec says
+        if not block:
+            break
+    if data_lines:
+        data = b"\n".join(data_lines)
+        if data != b"[DONE]":
+            yield event, data
+
+
+async def _sse_data_by_line(reader: Any, provider: str) -> AsyncIterator[tuple[str | None, bytes]]:
+    event: str | None = None
+    data_lines: list[bytes] = []
     while True:
         try:
             line = await reader.readuntil(b"\n")
@@ -201,7 +253,6 @@ async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIter
             data_lines.append(value[1:] if value.startswith(b" ") else value)
         elif line.startswith(b"event:"):
             event = line[6:].strip().decode("utf-8", "replace")
-        # comments (":") and unknown fields are ignored, as the SSE spec says
     if data_lines:
         data = b"\n".join(data_lines)
         if data != b"[DONE]":

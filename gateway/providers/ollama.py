@@ -226,13 +226,18 @@ class OllamaProvider:
         try:
             async with open_upstream(self._session, self.name, "POST", f"{base}/api/chat", headers=headers,
                                      json_body=request, **self._timeouts(call.timeout_s)) as response:
-                yield chunk({"role": "assistant", "content": ""})
+                started = False
                 async for line in ndjson_lines(response, self.name):
                     if not isinstance(line, dict):
                         raise GatewayError(502, "Provider ollama sent an invalid stream line.", type="server_error")
                     if "error" in line:
                         raise GatewayError(502, f"Provider ollama failed mid-stream: {line['error']}",
                                            type="server_error")
+                    if not started:
+                        # Sent with the first line, not the headers: an error line before any output
+                        # then still reaches the client as an HTTP status, not a 200 stream.
+                        started = True
+                        yield chunk({"role": "assistant", "content": ""})
                     message = line.get("message") or {}
                     if message.get("thinking"):
                         yield chunk({"reasoning_content": message["thinking"]})

@@ -86,9 +86,9 @@ class _Tools:
             return
         if kind == "function" and isinstance(tool.get("function"), dict):
             # Already the chat shape (legacy clients): keep it.
-            function = tool["function"]
-            if isinstance(function.get("name"), str):
-                self._register(function["name"], ToolSpec("function", function["name"]), tool)
+            chat_function = tool["function"]
+            if isinstance(chat_function.get("name"), str):
+                self._register(chat_function["name"], ToolSpec("function", chat_function["name"]), tool)
             return
         if kind in ("function", "custom") and isinstance(name, str) and name:
             chat_name = flat_name(namespace, name)
@@ -123,7 +123,8 @@ class _Tools:
 
 def _custom_description(tool: dict[str, Any]) -> str:
     """A freeform tool's description plus its input grammar, so a chat model knows what to write."""
-    text = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    description = tool.get("description")
+    text = description if isinstance(description, str) else ""
     fmt = tool.get("format")
     if isinstance(fmt, dict) and fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
         syntax = fmt.get("syntax") or "grammar"

@@ -193,14 +193,14 @@ class ResponseBuilder:
         index = call.get("index")
         index = index if isinstance(index, int) else len(self.calls)
         function = call.get("function") or {}
-        name = function.get("name") if isinstance(function.get("name"), str) else ""
-        arguments = function.get("arguments") if isinstance(function.get("arguments"), str) else ""
+        raw_name, raw_arguments = function.get("name"), function.get("arguments")
+        name = raw_name if isinstance(raw_name, str) else ""
+        arguments = raw_arguments if isinstance(raw_arguments, str) else ""
         events: list[Event] = []
         item = self.calls.get(index)
         if item is None:
+            # Calls stay open until the end: a provider may interleave the deltas of parallel calls.
             events += self._close_open()
-            for other in self.calls.values():  # calls stream one after another: a new one ends the last
-                events += self._close_call(other)
             spec = self.tools.get(name)
             call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else new_id("call")
             if spec is not None and spec.kind == "custom":

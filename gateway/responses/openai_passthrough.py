@@ -8,7 +8,6 @@ include are OpenAI's to handle. Stream events come back unchanged except
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -38,31 +37,23 @@ def upstream_body(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
+def portable_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored items as OpenAI takes them inline: without acore's item ids (OpenAI would look them up)
+    and without reasoning items (OpenAI accepts only its own, encrypted ones)."""
+    out = []
+    for item in items:
+        if item.get("type") == "reasoning":
+            continue
+        out.append({k: v for k, v in item.items() if k != "id" and not (k == "status" and item.get("type") == "message")})
+    return out
+
+
 def rewrite_model(event: dict[str, Any], requested: str) -> None:
     response = event.get("response")
     if isinstance(response, dict) and "model" in response:
         response["model"] = requested
     elif event.get("object") == "response":
         event["model"] = requested
-
-
-class _EofAware:
-    """Makes the end of the body visible to sse_data.
-
-    aiohttp's ``readuntil`` returns b"" at end of body instead of raising, and
-    sse_data relies on ``[DONE]`` (which chat streams send and Responses streams
-    do not) to stop; without this an ended Responses stream spins the event loop.
-    """
-
-    def __init__(self, response: Any) -> None:
-        self.content = self
-        self._content = response.content
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        line: bytes = await self._content.readuntil(separator)
-        if not line:
-            raise asyncio.IncompleteReadError(b"", None)
-        return line
 
 
 class Passthrough:
@@ -93,22 +84,22 @@ class Passthrough:
                              read_timeout_s=max(first, limits.stream_idle_timeout_s))
 
     async def complete(self) -> dict[str, Any]:
-        await chat.run_before_hooks(self.app, self.call)
+        hooks = await chat.run_before_hooks(self.app, self.call)
         try:
             async with self._request() as response:
                 data = await read_json(response, self.call.provider)
         finally:
-            await chat.run_after_hooks(self.app, self.call)
+            await chat.run_after_hooks(self.app, self.call, hooks)
         if not isinstance(data, dict):
             raise GatewayError(502, f"Provider {self.call.provider} sent a malformed response.", type="server_error")
         rewrite_model(data, self.call.requested_model)
         return data
 
     async def events(self) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
-        await chat.run_before_hooks(self.app, self.call)
+        hooks = await chat.run_before_hooks(self.app, self.call)
         try:
             async with self._request() as response:
-                async for name, data in sse_data(_EofAware(response), self.call.provider):
+                async for name, data in sse_data(response, self.call.provider):
                     try:
                         event = orjson.loads(data)
                     except orjson.JSONDecodeError:
@@ -130,7 +121,7 @@ class Passthrough:
                 raise GatewayError(502, f"Provider {self.call.provider} ended the stream before response.completed.",
                                    type="server_error")
         finally:
-            await chat.run_after_hooks(self.app, self.call)
+            await chat.run_after_hooks(self.app, self.call, hooks)
 
     def failure_events(self, error: GatewayError) -> list[tuple[str, dict[str, Any]]]:
         """A stream broken off midway still ends the way Responses clients expect: failed, then error."""

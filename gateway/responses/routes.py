@@ -8,7 +8,8 @@ A non-streaming request runs the same stream and answers the collected Response.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -17,9 +18,9 @@ from gateway import chat
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.providers.base import ChatCall
-from gateway.responses.convert import Converted, to_chat
+from gateway.responses.convert import Converted, input_items, to_chat
 from gateway.responses.events import Event, ResponseBuilder
-from gateway.responses.openai_passthrough import Passthrough
+from gateway.responses.openai_passthrough import Passthrough, portable_items
 from gateway.responses.store import ResponseStore
 from gateway.routes.common import json_response, read_json_body, stream_events
 from gateway.sse import SSEWriter
@@ -69,8 +70,9 @@ async def _via_chat(request: web.Request, body: dict[str, Any], parsed: Response
     events = _run(app, call, builder, converted, history, store if parsed.store is not False else None)
 
     if not parsed.stream:
-        async for _ in events:
-            pass  # the builder collects the answer
+        async with aclosing(events):  # a client gone mid-answer still closes the upstream stream
+            async for _ in events:
+                pass  # the builder collects the answer
         return json_response(builder.response(), headers=chat.notices_header(call))
 
     async def send(writer: SSEWriter, event: Event) -> None:
@@ -86,7 +88,7 @@ async def _via_chat(request: web.Request, body: dict[str, Any], parsed: Response
 
 
 async def _run(app: web.Application, call: ChatCall, builder: ResponseBuilder, converted: Converted,
-               history: list[dict[str, Any]] | None, store: ResponseStore | None) -> AsyncIterator[Event]:
+               history: list[dict[str, Any]] | None, store: ResponseStore | None) -> AsyncGenerator[Event, None]:
     chunks = chat.stream(app, call)
     try:
         # The first chunk comes before response.created so an early failure keeps its HTTP status.
@@ -128,6 +130,13 @@ async def _passthrough(request: web.Request, body: dict[str, Any], parsed: Respo
         base_url=parsed.base_url or None,
         timeout_s=parsed.timeout_s,
     )
+    if parsed.previous_response_id:
+        stored = request.app[RESPONSE_STORE].get(parsed.previous_response_id)
+        if stored is not None:
+            # A conversation acore stored (it began on another provider): OpenAI cannot know the id, so the
+            # history goes as input items instead. Any other id is OpenAI's own and passes through.
+            body = {**body, "input": [*portable_items(stored.items), *input_items(body)]}
+            body.pop("previous_response_id")
     upstream = Passthrough(request.app, call, body)
     if not call.stream:
         return json_response(await upstream.complete(), headers=chat.notices_header(call))

@@ -74,23 +74,92 @@ async def stream_events(
     try:
         await writer.prepare()
         if first is not None:
-            await send(writer, first)
-            async for event in events:
+            await send(writer, first)  # the first event goes out at once: time to first chunk
+            # Later events are queued and written together whenever the source would wait for
+            # the network: a burst of upstream events costs one socket write, not one each,
+            # and a slow trickle still goes out event by event without delay.
+            writer.batching = True
+            while True:
+                try:
+                    event = await _next_flushing(events, writer)
+                except StopAsyncIteration:
+                    break
                 await send(writer, event)
         if on_end is not None:
             await on_end(writer)
+        await writer.flush()
     except GatewayError as exc:
-        await _safe(on_error(writer, exc))
+        await _safe(_error_and_flush(on_error, writer, exc))
     except asyncio.CancelledError:
         # Client gone (handler cancellation) or server shutting down: tell the client if it still listens.
         if request.app[STREAMS].closing:
-            await _safe(on_error(writer, GatewayError(503, "The server is shutting down.", type="server_error")))
+            await _safe(_error_and_flush(
+                on_error, writer, GatewayError(503, "The server is shutting down.", type="server_error")))
         raise
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away; closing the iterator below cancels the upstream work
     finally:
         await _close(events)
     return await writer.finish()
+
+
+async def _error_and_flush(on_error: Callable[[SSEWriter, GatewayError], Any], writer: SSEWriter,
+                           error: GatewayError) -> None:
+    await on_error(writer, error)
+    await writer.flush()
+
+
+class _Resume:
+    """Awaits an ``__anext__`` step that already started and is suspended on ``waiting``.
+
+    It hands each future the step waits on to the running task, exactly as ``await`` would,
+    and delivers a cancellation (or any error thrown into the task) to the step, so the
+    source sees the same exceptions at the same place as with a plain ``await anext(...)``.
+    """
+
+    __slots__ = ("error", "step", "waiting")
+
+    def __init__(self, step: Any, waiting: Any, error: BaseException | None = None) -> None:
+        self.step = step
+        self.waiting = waiting
+        self.error = error
+
+    def __await__(self) -> Any:
+        step, waiting, error = self.step, self.waiting, self.error
+        while True:
+            if error is not None:
+                if isinstance(waiting, asyncio.Future) and isinstance(error, asyncio.CancelledError):
+                    waiting.cancel()  # what Task.cancel() does to the future it waits on
+                try:
+                    waiting = step.throw(error)
+                except StopIteration as done:
+                    return done.value
+                error = None
+            try:
+                yield waiting
+            except BaseException as exc:
+                error = exc
+                continue
+            try:
+                waiting = step.send(None)
+            except StopIteration as done:
+                return done.value
+
+
+async def _next_flushing(events: AsyncIterator[Any], writer: SSEWriter) -> Any:
+    """``anext(events)``, writing the queued frames first if the source has to wait."""
+    step = events.__anext__()
+    try:
+        waiting = step.send(None)  # type: ignore[attr-defined]
+    except StopIteration as done:
+        return done.value  # the source had the next event ready: keep queueing
+    if not writer.pending:
+        return await _Resume(step, waiting)
+    try:
+        await writer.flush()
+    except BaseException as exc:  # the client went away or the task was cancelled while writing
+        return await _Resume(step, waiting, exc)
+    return await _Resume(step, waiting)
 
 
 async def _close(events: AsyncIterator[Any]) -> None:

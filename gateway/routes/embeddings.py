@@ -8,14 +8,13 @@ base64 of little-endian float32.
 from __future__ import annotations
 
 import base64
-import ipaddress
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
 from aiohttp import web
 
+from gateway.base_url_policy import SETTING, check_base_url, provider_traits
 from gateway.chat import provider_key_from
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request
@@ -26,9 +25,6 @@ from gateway.routes.common import read_json_body
 from protocol.openai import EmbeddingsRequest, RequestValidationError, validate
 
 routes = web.RouteTableDef()
-
-_LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
-
 
 def _inputs(request: EmbeddingsRequest, limit: int) -> tuple[list[str], list[list[int]] | None]:
     """(texts, token_ids): exactly one kind, checked the way OpenAI checks it."""
@@ -65,38 +61,20 @@ def _inputs(request: EmbeddingsRequest, limit: int) -> tuple[list[str], list[lis
     return [], token_ids
 
 
-def _host_is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_base_url(config: GatewayConfig, base_url: str) -> bool:
-    """The request-level base_url rules of issue 02 (loopback by default, others on the allowlist,
-    link-local/metadata never). Returns True when the URL is on the operator's allowlist, the
-    only case where the server's key may go there."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
-        raise bad_request("base_url must be an http:// or https:// URL.", param="base_url")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if address is not None and (address.is_link_local or address.is_unspecified or address.is_multicast):
-        raise GatewayError(403, f"base_url {base_url} is not allowed (link-local or unspecified address).",
-                           param="base_url", code="base_url_not_allowed")
-    normalized = base_url.rstrip("/")
-    trusted = any(normalized == entry.rstrip("/") or normalized.startswith(entry.rstrip("/") + "/")
-                  for entry in config.base_url_allowlist)
-    if not trusted and not _host_is_loopback(host):
-        raise GatewayError(403, f"base_url {base_url} is not allowed: only loopback URLs are accepted unless the "
-                                "operator lists the URL in ACORE_BASE_URL_ALLOWLIST.",
-                           param="base_url", code="base_url_not_allowed")
-    return trusted
+def _apply_base_url_policy(config: GatewayConfig, provider_name: str, provider: object, base_url: str,
+                           api_key: str | None) -> tuple[str, bool]:
+    """The chat routes' base_url rules (gateway.base_url_policy), applied to an embeddings call:
+    returns the re-built URL and whether it is on the operator's allowlist (the only case where
+    the server's key may go there)."""
+    takes, requires_key = provider_traits(provider)
+    if not takes:
+        raise bad_request(f"Provider {provider_name} runs local workers and takes no base_url.", param="base_url")
+    checked = check_base_url(config, base_url)
+    if requires_key and not api_key and not checked.trusted:
+        raise bad_request(
+            f"base_url needs your own api_key for provider {provider_name}: the server's key is never sent to "
+            f"a client-supplied URL (unless the operator lists it in {SETTING}).", param="api_key")
+    return checked.url, checked.trusted
 
 
 def _embedding_items(vectors: np.ndarray, encoding: str) -> list[dict[str, Any]]:
@@ -145,8 +123,10 @@ async def embeddings(request: web.Request) -> web.Response:
         raise bad_request(f"The model '{requested}' takes text input only: send strings, not token ids "
                           "(token-id arrays are passed through only to OpenAI-compatible providers).",
                           param="input")
-    base_url = parsed.base_url or None
-    trusted = _check_base_url(config, base_url) if base_url else False
+    api_key = provider_key_from(request.headers, body)
+    base_url, trusted = None, False
+    if parsed.base_url:
+        base_url, trusted = _apply_base_url_policy(config, provider_name, provider, parsed.base_url, api_key)
     call = EmbedCall(
         request_id=request["request_id"],
         provider=provider_name,
@@ -156,7 +136,7 @@ async def embeddings(request: web.Request) -> web.Response:
         dimensions=parsed.dimensions,
         truncate=bool(parsed.truncate),
         token_ids=token_ids,
-        api_key=provider_key_from(request.headers, body),
+        api_key=api_key,
         base_url=base_url,
         base_url_trusted=trusted,
         body={k: v for k, v in body.items() if k not in ("api_key", "base_url", "truncate")},

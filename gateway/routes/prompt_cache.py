@@ -148,10 +148,11 @@ async def stats(request: web.Request) -> web.Response:
         return target
     merged: dict[str, Any] = {"entries": 0, "named_entries": 0, "bytes": 0, "max_bytes": 0, "default_ttl_s": None,
                               "default_key": None, "keys": [], "meta_by_key": {}, "workers": []}
+    errors: list[GatewayError] = []
     async for worker, result, error in target.each("stats", {}):
         if error is not None:
-            if len(target.live()) <= 1:
-                raise error
+            # One worker failing (e.g. it died mid-call) must not hide the others' keys.
+            errors.append(error)
             merged["workers"].append({"worker": worker.id, "error": error.message})
             continue
         assert result is not None
@@ -166,6 +167,8 @@ async def stats(request: web.Request) -> web.Response:
         merged["workers"].append({"worker": worker.id, "entries": part.get("entries", 0),
                                   "bytes": part.get("bytes", 0), "max_bytes": part.get("max_bytes", 0),
                                   "keys": len(part.get("keys") or [])})
+    if errors and len(errors) == len(merged["workers"]):
+        raise errors[0]
     return json_response({"supported": True, "stats": merged})
 
 
@@ -225,9 +228,9 @@ async def clear(request: web.Request) -> web.Response:
         owner = target.owner(key)
         if owner is not None or len(target.live()) < 2:
             # No key= here: a clear must never pin the key it removes to a worker.
-            result, worker = await target.run("clear", {"key": key}, worker=owner)
+            cleared, _ = await target.run("clear", {"key": key}, worker=owner)
             target.affinity.unpin(target.model, key)
-            return json_response(result)
+            return json_response(cleared)
     # All keys (or a key whose holder the gateway does not know): every worker; bytes are the total left.
     total, found, last_error = 0, False, None
     async for worker, result, error in target.each("clear", {"key": key}):

@@ -2,14 +2,17 @@
 
 Behaviour is chosen by the model name:
   claude-text         echo the last user text (text_delta per word); usage with cache read/creation
-  claude-tool         a tool_use block streamed as input_json_delta fragments; when the last user turn
-                      holds a tool_result, answer with text quoting it (multi-turn round trip)
+  claude-tool         a tool_use block streamed as input_json_delta fragments (after a signed thinking
+                      block when thinking is on); when the last user turn holds a tool_result, answer
+                      with text quoting it (multi-turn round trip). Like the real API, a tool loop with
+                      thinking on whose assistant turn lost its signed thinking block gets HTTP 400.
   claude-think        a thinking block (thinking_delta + signature_delta), then text
   claude-maxtok       stop_reason max_tokens
   claude-stopseq      stop_reason stop_sequence (stop_sequence echoed)
   claude-overloaded   HTTP 529 overloaded_error
   claude-invalid      HTTP 400 invalid_request_error
   claude-midstream    one text delta, then an in-stream error event (overloaded_error)
+  claude-truncated    one text delta, then the body ends (no message_stop)
   claude-stall        never answer
   claude-slow         a text delta every 100 ms for 60 s (disconnect tests; records "cancelled")
   claude-images       describe the image blocks received (source types and media types)
@@ -29,6 +32,7 @@ from aiohttp import web
 
 RECORDS = web.AppKey("records", list[dict[str, Any]])
 TOOL_INPUT = '{"city": "Paris", "unit": "celsius"}'
+SIGNATURE = "EqQBCgIYAhIM"
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:
@@ -52,7 +56,8 @@ def _answer(body: dict[str, Any]) -> tuple[list[tuple[str, str, str]], str, str 
     if model == "claude-tool":
         if results:
             return [("text", f"The tool said: {results[0].get('content')}", "")], "end_turn", None
-        return [("text", "Let me check.", ""), ("tool_use", TOOL_INPUT, "get_weather")], "tool_use", None
+        thought = [("thinking", "I should call the tool.", "")] if body.get("thinking") else []
+        return [*thought, ("text", "Let me check.", ""), ("tool_use", TOOL_INPUT, "get_weather")], "tool_use", None
     if model == "claude-think":
         return [("thinking", "The user wants an echo. Simple.", ""), ("text", f"echo: {text}", "")], "end_turn", None
     if model == "claude-maxtok":
@@ -65,6 +70,23 @@ def _answer(body: dict[str, Any]) -> tuple[list[tuple[str, str, str]], str, str 
                               for b in images)
         return [("text", f"images: {described}", "")], "end_turn", None
     return [("text", f"echo: {text}", "")], "end_turn", None
+
+
+def _thinking_tool_loop_error(body: dict[str, Any]) -> str | None:
+    """The real API's rule: with thinking on, the assistant turn answered by tool results must keep
+    its signed thinking block."""
+    messages = body.get("messages") or []
+    if not body.get("thinking") or len(messages) < 2:
+        return None
+    last, previous = messages[-1], messages[-2]
+    if not isinstance(last.get("content"), list) or not any(b.get("type") == "tool_result" for b in last["content"]):
+        return None
+    blocks = previous.get("content") if isinstance(previous.get("content"), list) else []
+    first = blocks[0] if blocks else {}
+    if first.get("type") != "thinking" or first.get("signature") != SIGNATURE:
+        return ("messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`. When "
+                "`thinking` is enabled, a final `assistant` message must start with a thinking block.")
+    return None
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -82,6 +104,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return _error(401, "authentication_error", "missing x-api-key or anthropic-version")
     if "max_tokens" not in body:
         return _error(400, "invalid_request_error", "max_tokens: Field required")
+    thinking_error = _thinking_tool_loop_error(body)
+    if thinking_error:
+        return _error(400, "invalid_request_error", thinking_error)
     if model == "claude-overloaded":
         return _error(529, "overloaded_error", "Overloaded")
     if model == "claude-invalid":
@@ -98,7 +123,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             if kind == "tool_use":
                 content.append({"type": "tool_use", "id": "toolu_fake1", "name": name, "input": orjson.loads(value)})
             elif kind == "thinking":
-                content.append({"type": "thinking", "thinking": value, "signature": "sig"})
+                content.append({"type": "thinking", "thinking": value, "signature": SIGNATURE})
             else:
                 content.append({"type": "text", "text": value})
         return web.json_response({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
@@ -139,12 +164,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
                         "delta": {"type": "thinking_delta", "thinking": word + " "}}))
                 await response.write(_event("content_block_delta", {
                     "type": "content_block_delta", "index": index,
-                    "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM"}}))
+                    "delta": {"type": "signature_delta", "signature": SIGNATURE}}))
             else:
                 for position, word in enumerate(value.split(" ")):
                     await response.write(_event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": word if position == 0 else " " + word}}))
+                    if model == "claude-truncated":
+                        return response  # the body ends without message_stop
                     if model == "claude-midstream":
                         await response.write(_event("error", {"type": "error", "error": {
                             "type": "overloaded_error", "message": "Overloaded"}}))

@@ -8,6 +8,7 @@ Behaviour is chosen by the model name:
   llama-length      done_reason "length"
   llama-error       HTTP 500 {"error": ...}
   llama-midstream   one content chunk, then an {"error": ...} line
+  llama-truncated   one content chunk, then the body ends (no done line)
   llama-stall       never answer
   llama-slow        one chunk every 100 ms for about 60 s, or `options.num_predict` chunks when set
   anything else     HTTP 404 model not found (as Ollama does)
@@ -28,7 +29,7 @@ from aiohttp import web
 
 RECORDS = web.AppKey("records", list[dict[str, Any]])
 KNOWN = ("llama-text", "llama-tool", "llama-think", "llama-length", "llama-error", "llama-midstream",
-         "llama-stall", "llama-slow")
+         "llama-stall", "llama-slow", "llama-truncated")
 STAMP = "2025-01-01T00:00:00.000000Z"
 
 
@@ -92,6 +93,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 await asyncio.sleep(0.1)
         for index, line in enumerate(lines):
             await response.write(line)
+            if model == "llama-truncated" and index == 0:
+                return response  # the body ends without a done line
             if model == "llama-midstream" and index == 0:
                 await response.write(orjson.dumps({"error": "an error was encountered while running the model"}) + b"\n")
                 return response

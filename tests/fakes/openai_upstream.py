@@ -11,6 +11,8 @@ Behaviour is chosen by the model name, so one server covers every case:
   no-finish       stream content and [DONE] without any finish_reason
   mid-error       stream one chunk, then an error event
   redirect        answer 307 to another URL
+  no-done         stream content and a finish_reason, then end the body without [DONE]
+  cut             stream content, then end the body (no finish_reason, no [DONE])
   finish-REASON   stream/answer with finish_reason REASON (stop, length, content_filter, ...)
   ws-N            stream N chunks whose content is whitespace only (" ", "\n", "\t  ")
 Every request is recorded (path, headers, body): GET /_requests reads them, DELETE clears.
@@ -180,6 +182,11 @@ async def _stream(request: web.Request, body: dict[str, Any], model: str) -> web
         finish = "stop"
     if model == "no-finish":
         await response.write(b"data: [DONE]\n\n")
+        return response
+    if model == "cut":
+        return response
+    if model == "no-done":
+        await response.write(_chunk(model, {}, finish))
         return response
     await response.write(_chunk(model, {}, finish))
     if include_usage:

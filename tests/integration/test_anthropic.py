@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from tests.fakes.anthropic_upstream import TOOL_INPUT
+from tests.fakes.anthropic_upstream import SIGNATURE, TOOL_INPUT
 from tests.native import (
     ANTHROPIC_KEY,
     CLIENT_KEY,
@@ -254,3 +254,43 @@ def test_models_and_providers_list_anthropic(native_gateway: Proc, fresh: Fakes)
     assert providers["anthropic"]["status"] == "available"
     models_hit = [r for r in records(fresh.anthropic) if r["path"] == "/v1/models"]
     assert not models_hit or models_hit[0]["headers"]["x-api-key"] == ANTHROPIC_KEY
+
+
+def test_thinking_tool_loop_keeps_signed_thinking(native_gateway: Proc, fresh: Fakes) -> None:
+    api = client(native_gateway)
+    messages: list = [{"role": "user", "content": "Weather in Paris?"}]
+    first = api.chat.completions.create(model="anthropic/claude-tool", messages=messages, tools=TOOLS,
+                                        extra_body={"thinking": "low"})
+    message = first.choices[0].message.model_dump(exclude_none=True)
+    assert message["reasoning_content"] == "I should call the tool. "
+    assert message["reasoning_signature"] == SIGNATURE
+    tool_reply = {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "18C"}
+    # A client that echoes the assistant message whole keeps thinking on for the next turn.
+    second = api.chat.completions.create(model="anthropic/claude-tool", messages=[*messages, message, tool_reply],
+                                         tools=TOOLS, extra_body={"thinking": "low"})
+    assert second.choices[0].message.content == "The tool said: 18C"
+    sent = last_messages_request(fresh)["body"]
+    assert sent["thinking"]["type"] == "enabled"
+    assert sent["messages"][1]["content"][0] == {"type": "thinking", "thinking": "I should call the tool. ",
+                                                 "signature": SIGNATURE}
+    # A client that drops the extension fields: this turn goes without thinking, with a notice.
+    stripped = {k: v for k, v in message.items() if k not in ("reasoning_content", "reasoning_signature")}
+    raw = api.chat.completions.with_raw_response.create(
+        model="anthropic/claude-tool", messages=[*messages, stripped, tool_reply], tools=TOOLS,
+        extra_body={"thinking": "low"})
+    assert raw.parse().choices[0].message.content == "The tool said: 18C"
+    assert "thinking off for this turn" in raw.headers.get("x-acore-notice", "")
+    assert "thinking" not in last_messages_request(fresh)["body"]
+
+
+def test_truncated_stream_is_an_error(native_gateway: Proc, fresh: Fakes) -> None:
+    api = client(native_gateway)
+    with pytest.raises(openai.APIStatusError) as failed:
+        api.chat.completions.create(model="anthropic/claude-truncated", messages=[{"role": "user", "content": "a b"}])
+    assert failed.value.status_code == 502 and "message_stop" in failed.value.message
+    stream = api.chat.completions.create(model="anthropic/claude-truncated", messages=[{"role": "user", "content": "a b"}],
+                                         stream=True)
+    with pytest.raises(openai.APIError) as mid:
+        for _ in stream:
+            pass
+    assert "message_stop" in str(mid.value.message)

@@ -76,6 +76,9 @@ def test_client_base_url_with_own_key_gets_only_that_key(policy_gateway: Proc, f
     assert headers[1]["authorization"] == f"Bearer {CLIENT_KEY}"
     flat = repr(headers)
     assert ANTHROPIC_KEY not in flat and OPENAI_KEY not in flat
+    log = policy_gateway.log()  # debug request logging is on
+    assert "/v1/chat/completions" in log
+    assert CLIENT_KEY not in log and ANTHROPIC_KEY not in log and OPENAI_KEY not in log
 
 
 def test_keyless_provider_base_url_sends_no_key(policy_gateway: Proc, fresh: Fakes) -> None:

@@ -256,7 +256,7 @@ def test_redirect_not_followed(gateway: Proc, fake_openai: Proc) -> None:
     assert "redirect" in error_of(answer)["message"]
 
 
-@pytest.mark.parametrize("model", ["mid-error", "garbage", "no-finish"])
+@pytest.mark.parametrize("model", ["mid-error", "garbage", "no-finish", "cut"])
 def test_stream_failing_midway_ends_with_one_error_then_done(gateway: Proc, model: str) -> None:
     answer = post(gateway, {"model": f"openai/{model}", "messages": USER, "stream": True})
     assert answer.status_code == 200
@@ -267,6 +267,16 @@ def test_stream_failing_midway_ends_with_one_error_then_done(gateway: Proc, mode
     error = json.loads(errors[0])["error"]
     assert error["type"] == "server_error" and "openai" in error["message"]
     still_serving(gateway)
+
+
+def test_stream_ending_without_done_is_complete(gateway: Proc) -> None:
+    """An upstream that closes the body after finish_reason but before [DONE] (seen in the wild)."""
+    answer = post(gateway, {"model": "openai/no-done", "messages": USER, "stream": True}, timeout=10)
+    assert answer.status_code == 200
+    events = sse_events(answer)
+    assert events[-1] == "[DONE]"
+    assert not any("error" in json.loads(e) for e in events[:-1])
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
 
 
 def test_missing_key_is_401_naming_variable(fake_openai: Proc, tmp_path: Path) -> None:

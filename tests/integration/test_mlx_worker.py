@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,43 @@ def test_prompt_cache_reuse_identical_output(client: openai.OpenAI, model_dir: P
     cached, _, third, _ = stream_text(client, turn2, max_tokens=30, extra_body={"prompt_cache_key": "it-s1"})
     assert third.prompt_tokens_details.cached_tokens >= first.prompt_tokens
     assert cached == reference(model_dir, turn2, 30)  # mlx-lm from scratch, no cache at all
+
+
+def call(url: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """A plain HTTP call to the control plane (urllib: AbstractCore's routes are not in the SDK)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_control_plane_through_the_gateway(client: openai.OpenAI, mlx_gateway: Proc, model_dir: Path) -> None:
+    url = mlx_gateway.url
+    assert call(url, "/acore/prompt_cache/update", {"model": MODEL, "key": "cp-base", "system_prompt": SYSTEM})[0] == 200
+    assert call(url, "/acore/prompt_cache/fork", {"model": MODEL, "from_key": "cp-base", "to_key": "cp-a"})[0] == 200
+    status, body = call(url, "/acore/prompt_cache/fork", {"model": MODEL, "from_key": "cp-base", "to_key": "cp-a"})
+    assert status == 409, body
+    assert call(url, "/acore/prompt_cache/fork", {"model": MODEL, "from_key": "cp-nope", "to_key": "cp-b"})[0] == 404
+
+    status, stats = call(url, f"/acore/prompt_cache/stats?model={MODEL}")
+    assert status == 200 and stats["supported"]
+    meta = stats["stats"]["meta_by_key"]
+    assert meta["cp-a"]["forked_from"] == "cp-base"
+    base_tokens = meta["cp-base"]["token_count"]
+
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about the king."}]
+    text, _, usage, _ = stream_text(client, msgs, max_tokens=20, extra_body={"prompt_cache_key": "cp-a"})
+    assert usage.prompt_tokens_details.cached_tokens >= base_tokens
+    assert text == reference(model_dir, msgs, 20)
+
+    before = call(url, f"/acore/prompt_cache/stats?model={MODEL}")[1]["stats"]
+    freed = before["meta_by_key"]["cp-a"]["bytes"]
+    assert call(url, "/acore/prompt_cache/clear", {"model": MODEL, "key": "cp-a"})[0] == 200
+    after = call(url, f"/acore/prompt_cache/stats?model={MODEL}")[1]["stats"]
+    assert "cp-a" not in after["keys"]
+    assert after["bytes"] <= before["bytes"] - freed
+    assert call(url, "/acore/prompt_cache/clear", {"model": MODEL, "key": "cp-a"})[0] == 404

@@ -184,3 +184,16 @@ def test_models_embeddings_and_providers(native_gateway: Proc, fresh: Fakes) -> 
     with urllib.request.urlopen(native_gateway.url + "/providers", timeout=10) as response:
         providers = {p["name"]: p for p in json.loads(response.read())["providers"]}
     assert providers["ollama"]["status"] == "available" and providers["ollama"]["model_count"] == 4
+
+
+def test_truncated_stream_is_an_error(native_gateway: Proc, fresh: Fakes) -> None:
+    api = client(native_gateway)
+    with pytest.raises(openai.APIStatusError) as failed:
+        api.chat.completions.create(model="ollama/llama-truncated", messages=[{"role": "user", "content": "a b"}])
+    assert failed.value.status_code == 502 and "before done" in failed.value.message
+    stream = api.chat.completions.create(model="ollama/llama-truncated", messages=[{"role": "user", "content": "a b"}],
+                                         stream=True)
+    with pytest.raises(openai.APIError) as mid:
+        for _ in stream:
+            pass
+    assert "before done" in str(mid.value.message)

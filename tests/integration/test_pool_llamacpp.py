@@ -85,3 +85,50 @@ def test_huggingface_spelling_reaches_the_gguf_worker(llama_gw: Proc) -> None:
     answer = client(llama_gw).chat.completions.create(model="huggingface/tiny", messages=HELLO,  # type: ignore[arg-type]
                                                       max_tokens=2, temperature=0)
     assert answer.usage is not None and answer.usage.completion_tokens == 2
+
+
+# ---------------------------------------------------------------- /v1/responses on the local model
+
+
+def test_responses_create_on_the_local_model(llama_gw: Proc) -> None:
+    from openai.types.responses import Response
+
+    response = client(llama_gw).responses.create(
+        model="llamacpp/tiny", input="hello world", max_output_tokens=6, temperature=0
+    )
+    Response.model_validate(response.model_dump(), strict=True)
+    assert response.model == "llamacpp/tiny"
+    assert response.status == "incomplete"  # max_output_tokens reached
+    assert response.output_text
+    assert response.usage is not None and response.usage.output_tokens == 6
+    assert response.usage.input_tokens > 0
+
+
+def test_responses_stream_on_the_local_model_ends_with_completed_usage(llama_gw: Proc) -> None:
+    from pydantic import TypeAdapter
+
+    from openai.types.responses import ResponseStreamEvent
+
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    events = list(client(llama_gw).responses.create(
+        model="llamacpp/tiny", input=[{"role": "user", "content": "hello world"}],
+        instructions="Be brief.", max_output_tokens=5, temperature=0, stream=True,
+    ))
+    for event in events:
+        adapter.validate_python(event.model_dump())
+    types = [e.type for e in events]
+    assert types[0] == "response.created"
+    assert "response.output_text.delta" in types
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert final.response.usage is not None and final.response.usage.output_tokens == 5
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == final.response.output_text
+
+
+def test_responses_greedy_text_matches_chat_completions(llama_gw: Proc) -> None:
+    chat_text = chat(llama_gw, max_tokens=6, temperature=0).choices[0].message.content
+    response = client(llama_gw).responses.create(
+        model="llamacpp/tiny", input="hello world", max_output_tokens=6, temperature=0
+    )
+    assert response.output_text == chat_text

@@ -229,3 +229,26 @@ def test_module_list_over_the_budget_is_413(gw: Proc, gguf_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_key_moves_when_its_worker_dies(gw: Proc) -> None:
+    # Last in this module: it kills one of the gateway's two supervised workers (it is restarted).
+    import os
+    import signal
+
+    assert call(gw, "set", {"model": MODEL, "key": "phoenix", "make_default": False})[0] == 200
+    owner = stats(gw)["meta_by_key"]["phoenix"]["worker"]
+    with urllib.request.urlopen(gw.url + "/providers", timeout=10) as response:
+        providers = json.loads(response.read())["providers"]
+    pid = next(w["pid"] for p in providers if p["name"] == "llamacpp" for w in p.get("workers", ())
+               if w["id"] == owner)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while owner in str(stats(gw)["workers"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    answer = chat(gw, conversation("phoenix", 1), key="phoenix")
+    assert answer.usage.completion_tokens > 0
+    moved = stats(gw)["meta_by_key"]["phoenix"]
+    assert moved["worker"] != owner and moved["token_count"] >= answer.usage.prompt_tokens
+    again = chat(gw, conversation("phoenix", 1), key="phoenix")
+    assert cached(again) >= again.usage.prompt_tokens - 1  # re-pinned: it stays on the new worker

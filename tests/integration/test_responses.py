@@ -16,10 +16,7 @@ import openai
 import pytest
 from openai.types.responses import Response
 
-from gateway.errors import GatewayError
-from gateway.responses.convert import ToolSpec, to_chat
-from gateway.responses.events import ResponseBuilder
-from tests.integration.responses_helpers import EVENT, check_events, get, post
+from tests.integration.responses_helpers import check_events, get, post
 from tests.procs import Proc
 
 
@@ -260,6 +257,16 @@ def test_passthrough_non_stream(client: openai.OpenAI, fake_openai: Proc) -> Non
     assert record["headers"]["Authorization"] == "Bearer sk-test-server-key-123456"
 
 
+def test_passthrough_continues_a_conversation_acore_stored(client: openai.OpenAI, fake_openai: Proc) -> None:
+    first = client.responses.create(model="lmstudio/echo", input="local turn")
+    client.responses.create(model="openai/echo", input="now openai", previous_response_id=first.id)
+    sent = upstream(fake_openai, "/v1/responses")[-1]["body"]
+    assert "previous_response_id" not in sent
+    assert sent["input"][0] == {"type": "message", "role": "user", "content": "local turn"}
+    assert sent["input"][1]["role"] == "assistant" and "id" not in sent["input"][1]
+    assert sent["input"][2] == {"type": "message", "role": "user", "content": "now openai"}
+
+
 def test_passthrough_stream(gateway: Proc, fake_openai: Proc) -> None:
     reply = post(responses_url(gateway), {"model": "openai/echo", "input": "stream pass", "stream": True,
                                           "client_metadata": {"a": "b"}})
@@ -279,94 +286,3 @@ def test_passthrough_stream_broken_off_fails(gateway: Proc) -> None:
 def test_passthrough_upstream_error(gateway: Proc) -> None:
     reply = post(responses_url(gateway), {"model": "openai/error-400", "input": "x"})
     assert reply.status == 400 and reply.body["error"]["code"] == "code_400"
-
-
-# --------------------------------------------------------------------------- the builder on chunks the fake cannot send
-
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-
-def _run_builder(chunks: list[dict[str, Any]], tools: dict[str, ToolSpec] | None = None) -> tuple[list[Any], Response]:
-    builder = ResponseBuilder({"model": "x/y"}, "x/y", tools or {})
-    events = builder.start()
-    for chunk in chunks:
-        events += builder.feed(chunk)
-    events += builder.finish()
-    for number, (name, data) in enumerate(events):
-        EVENT.validate_python(data, strict=True)
-        assert name == data["type"] and data["sequence_number"] == number
-    return events, Response.model_validate(builder.response(), strict=True)
-
-
-def test_reasoning_then_text() -> None:
-    usage = {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16,
-             "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 5}}
-    events, response = _run_builder([
-        _chunk({"role": "assistant", "reasoning_content": "Let me "}), _chunk({"reasoning_content": "think."}),
-        _chunk({"content": "Answer"}), _chunk({}, "stop"), {"choices": [], "usage": usage}])
-    kinds = [name for name, _ in events]
-    assert kinds.count("response.reasoning_text.delta") == 2 and "response.reasoning_text.done" in kinds
-    assert [item.type for item in response.output] == ["reasoning", "message"]
-    reasoning = response.output[0]
-    assert reasoning.type == "reasoning" and reasoning.content is not None
-    assert reasoning.content[0].text == "Let me think."
-    assert response.usage is not None
-    assert response.usage.input_tokens_details.cached_tokens == 4
-    assert response.usage.output_tokens_details.reasoning_tokens == 5
-
-
-def test_length_is_incomplete_but_completed_event() -> None:
-    events, response = _run_builder([_chunk({"content": "cut"}), _chunk({}, "length")])
-    assert events[-1][0] == "response.completed"
-    assert response.status == "incomplete" and response.incomplete_details is not None
-    assert response.incomplete_details.reason == "max_output_tokens"
-    assert response.usage is not None and response.usage.total_tokens == 0  # none reported: zeros, never null
-
-
-def test_namespace_and_custom_calls_map_back() -> None:
-    tools = {"mcp__fs__read": ToolSpec("function", "read", "mcp__fs__"),
-             "apply_patch": ToolSpec("custom", "apply_patch")}
-    events, response = _run_builder([
-        _chunk({"content": "Reading."}),
-        _chunk({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "mcp__fs__read", "arguments": '{"p'}}]}),
-        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ath": "x"}'}}]}),
-        _chunk({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "apply_patch",
-                                                                         "arguments": '{"input": "*** Begin Patch"}'}}]}),
-        _chunk({}, "tool_calls")], tools)
-    message, call, custom = response.output
-    assert message.type == "message"
-    assert call.type == "function_call" and (call.name, call.namespace) == ("read", "mcp__fs__")
-    assert call.arguments == '{"path": "x"}' and call.call_id == "call_a"
-    assert custom.type == "custom_tool_call" and custom.input == "*** Begin Patch" and custom.call_id == "call_b"
-    assert "response.custom_tool_call_input.done" in [name for name, _ in events]
-
-
-def test_failure_events_validate() -> None:
-    builder = ResponseBuilder({}, "x/y", {})
-    events = builder.start() + builder.feed(_chunk({"content": "par"}))
-    events += builder.fail(GatewayError(502, "boom", type="server_error"))
-    for name, data in events:
-        EVENT.validate_python(data, strict=True)
-        assert name == data["type"]
-    assert events[-1][1]["message"] == "boom"
-
-
-def test_convert_history_items() -> None:
-    converted = to_chat({"input": [
-        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "plan"}],
-         "encrypted_content": "gAAA"},
-        {"type": "message", "id": "msg_1", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
-        {"type": "function_call", "call_id": "c1", "name": "read", "namespace": "mcp__fs__", "arguments": "{}"},
-        {"type": "function_call_output", "id": "fco_1", "call_id": "c1",
-         "output": [{"type": "input_text", "text": "data"}]},
-        {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin"},
-        {"type": "custom_tool_call_output", "call_id": "c2", "output": "done"},
-    ]})
-    messages = converted.body["messages"]
-    assert messages[0] == {"role": "assistant", "content": "ok", "reasoning_content": "plan",
-                           "tool_calls": [{"id": "c1", "type": "function",
-                                           "function": {"name": "mcp__fs__read", "arguments": "{}"}}]}
-    assert messages[1] == {"role": "tool", "tool_call_id": "c1", "content": "data"}
-    assert messages[2]["tool_calls"][0]["function"] == {"name": "apply_patch", "arguments": '{"input":"*** Begin"}'}
-    assert messages[3] == {"role": "tool", "tool_call_id": "c2", "content": "done"}

@@ -30,7 +30,8 @@ def port_of(proc: Proc) -> int:
 
 
 def open_stream(proc: Proc, model: str = "openai/stall-mid") -> socket.socket:
-    """Start a streaming request and return the socket once the first SSE event arrived."""
+    """Start a streaming request and return the socket once the first SSE event arrived
+    (what arrived so far is kept in RECEIVED under the socket's fd)."""
     body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "a b c"}]}).encode()
     sock = socket.create_connection(("127.0.0.1", port_of(proc)), timeout=10)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
@@ -40,7 +41,11 @@ def open_stream(proc: Proc, model: str = "openai/stall-mid") -> socket.socket:
         piece = sock.recv(65536)
         assert piece, received
         received += piece
+    RECEIVED[sock.fileno()] = received
     return sock
+
+
+RECEIVED: dict[int, bytes] = {}
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -83,15 +88,22 @@ def test_client_disconnect_cancels_upstream(own_pair: tuple[Proc, Proc]) -> None
         sock.close()
         # the upstream sees its connection closed promptly (the B5 row asks for < 1 s; allow slack
         # for a loaded machine)
-        wait_for(lambda: stats(fake)["open"] == 0, 3, "the upstream stream to be aborted")
+        wait_for(lambda: stats(fake)["open"] == 0, 5, "the upstream stream to be aborted")
         assert stats(fake)["aborted"] == index + 1
-    wait_for(lambda: upstream_connections(gateway, fake) <= 1, 3, "aborted upstream connections to close")
+    wait_for(lambda: upstream_connections(gateway, fake) <= 1, 5, "aborted upstream connections to close")
     # no connection or socket left behind: fds back to the baseline (+ a pooled keep-alive)
-    wait_for(lambda: process.num_fds() <= baseline_fds + 1, 3, "fds to return to the baseline")
+    wait_for(lambda: process.num_fds() <= baseline_fds + 1, 5, "fds to return to the baseline")
     # and the gateway still serves streams to the end
+    finished = stats(fake)["finished"]
     sock = open_stream(gateway, "openai/echo")
+    received = RECEIVED.pop(sock.fileno())
+    while not received.endswith(b"0\r\n\r\n"):  # the chunked body's terminator
+        piece = sock.recv(65536)
+        assert piece, received
+        received += piece
     sock.close()
-    wait_for(lambda: stats(fake)["finished"] >= 2, 3, "a normal stream to finish")
+    assert b"data: [DONE]" in received and b'"error"' not in received
+    assert stats(fake)["finished"] == finished + 1
 
 
 def test_sigint_ends_open_streams_and_exits(own_pair: tuple[Proc, Proc]) -> None:

@@ -65,11 +65,11 @@ async def test_a_bomb_costs_one_child(executor: ParseExecutor, bomb: object) -> 
 
 
 async def test_wall_clock_timeout_kills_child() -> None:
-    pool = ParseExecutor(workers=1, timeout_s=0.5, cpu_s=5)
+    pool = ParseExecutor(workers=1, timeout_s=2.0, cpu_s=5)  # room for a child start on a loaded 2-core box
     started = time.monotonic()
     with pytest.raises(MediaError) as info:
         await pool.run(sleep_forever)
-    assert info.value.status == 422 and time.monotonic() - started < 3
+    assert info.value.status == 422 and time.monotonic() - started < 6
     assert pool.children_killed == 1
     assert await pool.run(echo, "ok") == "ok"
 

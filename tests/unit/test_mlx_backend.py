@@ -84,6 +84,26 @@ def test_missing_model_is_a_clear_load_error(tmp_path: Path) -> None:
         MLXBackend(str(tmp_path), "empty", {}).load()
 
 
+def test_loads_an_id_from_the_local_hf_cache(tmp_path: Path, model_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repo id resolves offline through the Hugging Face cache layout (refs/main -> snapshot)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--local--tiny-mlx" / "snapshots" / ("0" * 40)
+    shutil.copytree(model_dir, snapshot)
+    (tmp_path / "models--local--tiny-mlx" / "refs").mkdir()
+    (tmp_path / "models--local--tiny-mlx" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    by_id = MLXBackend("local/tiny-mlx", "tiny", {})
+    assert by_id.info().context_length == 4096
+    by_id.load()
+    assert run(by_id, max_tokens=3)[2].usage.completion_tokens == 3
+    with pytest.raises(ModelLoadError, match="local Hugging Face cache"):
+        MLXBackend("local/not-there", "x", {}).load()
+
+
 def test_chat_template_applied(backend: MLXBackend) -> None:
     tok = backend._tokenizer
     expected = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nHello world, how are you today?<|im_end|>\n" \
