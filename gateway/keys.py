@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.plugins import MediaBackends
     from gateway.providers.registry import ProviderRegistry
-    from gateway.streams import StreamTracker
+    from gateway.sse import StreamTracker
 
 CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

@@ -175,7 +175,8 @@ def validate(data: Any, request_type: type[T]) -> T:
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH_RE.search(text)
-        param = match.group(1) if match else None
+        # msgspec names dict entries as `$.logit_bias[...]`: report the field itself
+        param = match.group(1).replace("[...]", "") if match else None
         if param is None and text.startswith("Object missing required field"):
             field_match = re.search(r"`([^`]+)`", text)
             param = field_match.group(1) if field_match else None

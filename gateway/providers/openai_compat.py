@@ -28,7 +28,7 @@ from gateway.providers.base import (
     ProviderStatus,
 )
 from gateway.providers.http import open_upstream, read_json, sse_data
-from gateway.thinking import apply_thinking
+from gateway.thinking import apply_thinking, normalize_reasoning_fields
 
 _EMBEDDING_HINTS = ("embed", "embedding", "bge-", "e5-", "minilm", "nomic-embed")
 
@@ -134,7 +134,7 @@ class OpenAICompatibleProvider:
             data = await read_json(response, self.name)
         if not isinstance(data, dict) or "choices" not in data:
             raise GatewayError(502, f"Provider {self.name} sent a response without choices.", type="server_error")
-        return data
+        return normalize_reasoning_fields(data)
 
     async def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         endpoint = self.endpoint(call.api_key, call.base_url, call.base_url_trusted)
@@ -162,7 +162,7 @@ class OpenAICompatibleProvider:
                 for choice in chunk.get("choices") or ():
                     if isinstance(choice, dict) and choice.get("finish_reason"):
                         saw_finish = True
-                yield chunk
+                yield normalize_reasoning_fields(chunk)
         if not saw_finish:
             # e.g. llama-cpp-python's server ends an interrupted stream with [DONE] and no finish_reason.
             raise GatewayError(502, f"Provider {self.name} ended the stream without a finish_reason.", type="server_error")

@@ -21,7 +21,9 @@ routes = web.RouteTableDef()
 # (method, path, summary, request type or None, tag)
 OPERATIONS: list[tuple[str, str, str, str | None, str]] = [
     ("post", "/v1/chat/completions", "Create a chat completion (stream with stream=true)", "ChatCompletionRequest", "chat"),
-    ("post", "/v1/responses", "Create a model response (OpenAI Responses API)", None, "responses"),
+    ("post", "/v1/responses", "Create a model response (OpenAI Responses API)", "ResponsesRequest", "responses"),
+    ("get", "/v1/responses/{response_id}", "Retrieve a stored response", None, "responses"),
+    ("delete", "/v1/responses/{response_id}", "Delete a stored response", None, "responses"),
     ("post", "/v1/embeddings", "Create embeddings", "EmbeddingsRequest", "embeddings"),
     ("get", "/v1/models", "List models of every provider (?provider=, ?type=)", None, "models"),
     ("get", "/providers", "Providers and their probed state", None, "models"),

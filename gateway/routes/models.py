@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gateway.errors import bad_request
@@ -33,7 +35,7 @@ async def list_models(request: web.Request) -> web.Response:
     for provider, info in await registry.models(only):
         if type_filter is not None and info.type != _TYPES[type_filter]:
             continue
-        item = {"id": f"{provider}/{info.id}", "object": "model", "created": 0, "owned_by": info.owned_by or provider}
+        item: dict[str, Any] = {"id": f"{provider}/{info.id}", "object": "model", "created": 0, "owned_by": info.owned_by or provider}
         item["type"] = info.type.value
         item.update(info.extra)
         data.append(item)
@@ -61,7 +63,7 @@ async def list_providers(request: web.Request) -> web.Response:
     statuses = await registry.all_status()
     providers = []
     for name, status in statuses.items():
-        entry = {
+        entry: dict[str, Any] = {
             "name": name,
             "status": status.state.value,
             "model_count": len(status.models),

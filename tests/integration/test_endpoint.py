@@ -13,9 +13,6 @@ import pytest
 
 from tests.procs import Proc, free_port, start
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
-
 
 @pytest.fixture(scope="module")
 def gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -14,9 +14,6 @@ import pytest
 
 from tests.procs import Proc, start_gateway
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
-
 HELLO = [{"role": "user", "content": "hello world"}]
 
 
@@ -105,9 +102,8 @@ def test_responses_create_on_the_local_model(llama_gw: Proc) -> None:
 
 
 def test_responses_stream_on_the_local_model_ends_with_completed_usage(llama_gw: Proc) -> None:
-    from pydantic import TypeAdapter
-
     from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
 
     adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
     events = list(client(llama_gw).responses.create(

@@ -22,9 +22,6 @@ import pytest
 
 from tests.procs import REPO, Proc, base_env, start_gateway
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("gguf")
-
 MODEL = "llamacpp/tiny"
 # ~300 tokens: long enough for automatic snapshots (64+) and for a cached prefix to be obvious.
 SYSTEM = "you are a helpful model . " + " ".join(["the weather in the city is good today"] * 35)

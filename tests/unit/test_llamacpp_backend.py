@@ -7,14 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import llama_cpp as llama_cpp
 import pytest
 
 from protocol.messages import ErrorCode, FinishReason, Generate, SamplingParams
 from workers.backend import Delta, GenerationResult, ModelLoadError, WorkerError
 from workers.llamacpp import LlamaCppBackend, StopStringFilter, could_be_tool_call, parse_tool_calls
 from workers.tiny_models import write_tiny_gguf
-
-llama_cpp = pytest.importorskip("llama_cpp")
 
 HELLO = [{"role": "user", "content": "hello world"}]
 

