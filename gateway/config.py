@@ -40,6 +40,7 @@ class WorkerSpec:
     replicas: int = 1
     threads: int | None = None
     n_ctx: int | None = None
+    prompt_cache_bytes: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> WorkerSpec:

@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
     parser.add_argument("--port", type=int, default=None, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--threads", type=int, help="CPU threads for the model")
     parser.add_argument("--n-ctx", type=int, help="context window in tokens (default: the model's, capped)")
+    parser.add_argument("--prompt-cache-bytes", type=int, metavar="N",
+                        help="host-memory budget of the prompt cache in bytes (default 512 MiB)")
     parser.add_argument("--debug", action="store_true", default=None,
                         help="structured JSON log line per request (secrets redacted)")
     args = parser.parse_args(argv)
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GatewayConfig:
     spec = WorkerSpec(provider=args.provider, model=args.model, name=args.name, threads=args.threads,
-                      n_ctx=args.n_ctx)
+                      n_ctx=args.n_ctx, prompt_cache_bytes=getattr(args, "prompt_cache_bytes", None))
     overrides = {"host": args.host, "port": args.port, "debug": args.debug, "workers": [spec],
                  "default_embeddings": False}
     return load_config(env=env, overrides=overrides)

@@ -84,7 +84,7 @@ class Backend(abc.ABC):
     def load(self) -> None:
         """Load the model (raise ModelLoadError with a clear message on failure)."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - optional: a backend with nothing to free keeps this
         """Free the model; the loop calls load() again before the next request."""
 
     @property

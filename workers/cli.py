@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads for the model")
     parser.add_argument("--connect", action="append", metavar="ENDPOINT", default=[],
                         help="gateway worker endpoint (repeatable; default: the ipc:// endpoint of port 8000)")
+    parser.add_argument("--prompt-cache-bytes", type=int, metavar="N",
+                        help="host-memory budget of the prompt cache in bytes (llamacpp, mlx; default 512 MiB)")
+    parser.add_argument("--prompt-cache-ttl-s", type=float, metavar="S",
+                        help="drop prompt-cache entries unused for this long (default: no TTL)")
     parser.add_argument("--max-batch", type=int, default=64, help="most embedding inputs per batch (default 64)")
     parser.add_argument("--batch-wait-ms", type=float, default=3.0,
                         help="how long to wait for more embedding requests to batch (default 3 ms)")
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     provider = resolve_provider(args.provider, args.model)
     name = args.name or default_name(provider, args.model)
     options: dict[str, Any] = {"n_ctx": args.n_ctx, "threads": args.threads}
+    if args.prompt_cache_bytes is not None:
+        options["prompt_cache_bytes"] = args.prompt_cache_bytes
+    if args.prompt_cache_ttl_s is not None:
+        options["prompt_cache_ttl_s"] = args.prompt_cache_ttl_s
     supervisor = os.environ.get(SUPERVISOR_ENV)
     parent_pid = int(supervisor) if supervisor and supervisor.isdigit() else None
     if parent_pid is not None:

@@ -40,6 +40,8 @@ def worker_command(spec: WorkerSpec, endpoint: str) -> list[str]:
         args += ["--threads", str(spec.threads)]
     if spec.n_ctx:
         args += ["--n-ctx", str(spec.n_ctx)]
+    if spec.prompt_cache_bytes:
+        args += ["--prompt-cache-bytes", str(spec.prompt_cache_bytes)]
     return args
 
 
