@@ -21,7 +21,7 @@ from workers.backend import Backend, BackendInfo, Cancelled, Delta, Emit, Genera
 
 # Engine-independent chat helpers shared with the llama.cpp backend (that module imports
 # llama_cpp only inside functions, so importing it here loads no llama.cpp code).
-from workers.llamacpp import could_be_tool_call, message_text, parse_tool_calls
+from workers.chat_text import StopStringFilter, could_be_tool_call, message_text, parse_tool_calls
 from workers.prompt_cache import (
     AUTO_PREFIX,
     DEFAULT_MAX_BYTES,
@@ -88,39 +88,6 @@ def _kv_of(entry: CacheEntry | None) -> KVState | None:
     """The live KV state of an entry (None for a missing entry or a fresh key's empty state)."""
     state: Any = entry.state if entry is not None else None
     return state if isinstance(state, KVState) and state.layers else None
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text, holding back a tail that could start one."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.buffer = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Text that is safe to emit now, and whether a stop string was found."""
-        if not self.stops:
-            return text, False
-        self.buffer += text
-        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.buffer = self.buffer[:cut], ""
-            return out, True
-        # keep only the longest suffix that is a prefix of some stop string
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.buffer)), keep, -1):
-                if self.buffer.endswith(s[:k]):
-                    keep = k
-                    break
-        out = self.buffer[: len(self.buffer) - keep]
-        self.buffer = self.buffer[len(self.buffer) - keep :]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buffer = self.buffer, ""
-        return out
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -360,7 +327,7 @@ class MLXBackend(Backend):
         finish = FinishReason.LENGTH
         eos = set(self._tokenizer.eos_token_ids)
         detok = self._tokenizer.detokenizer
-        stopper = StopMatcher(list(p.stop))
+        stopper = StopStringFilter(list(p.stop))
         steps: Iterator[tuple[Any, Any]] = generate_step(
             mx.array(tokens[reused:]), self._model, max_tokens=-1, sampler=sampler,
             logits_processors=processors or None, prompt_cache=kv.layers, prefill_step_size=PREFILL_STEP,

@@ -352,19 +352,41 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def loadavg() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+class Machine:
+    """Load average, and the share of CPU time the hypervisor stole (/proc/stat, Linux) since the last mark."""
+
+    def __init__(self) -> None:
+        self._last = self._stat()
+
+    @staticmethod
+    def _stat() -> list[int] | None:
+        try:
+            with open("/proc/stat") as f:
+                return [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+
+    def mark(self) -> str:
+        now = self._stat()
+        text = "load average " + "/".join(f"{x:.2f}" for x in os.getloadavg())
+        if now and self._last:
+            delta = [a - b for a, b in zip(now, self._last, strict=True)]
+            busy = sum(delta[:3]) + sum(delta[4:7])
+            text += (f", CPU {100 * busy / max(1, sum(delta)):.0f} % busy, {100 * delta[7] / max(1, sum(delta)):.0f} % "
+                     "stolen by the hypervisor")
+        self._last = now
+        return text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / ".cache/models/tiny-bench.gguf"))
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds of (a) (default 7)")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds of (a) (default 9)")
     ap.add_argument("--tokens", type=int, default=256, help="tokens per stream in (a) (default 256)")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients in (b) (default 4)")
     ap.add_argument("--load-tokens", type=int, default=128, help="tokens per request in (b) (default 128)")
     ap.add_argument("--load-requests", type=int, default=3, help="requests per client per round in (b) (default 3)")
-    ap.add_argument("--load-rounds", type=int, default=5, help="rounds per worker count in (b) (default 5)")
+    ap.add_argument("--load-rounds", type=int, default=6, help="rounds per worker count in (b) (default 6)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -375,7 +397,9 @@ def main() -> None:
     from openai import OpenAI
 
     started = time.monotonic()
-    load_before = loadavg()
+    machine = Machine()
+    time.sleep(2)
+    load_before = machine.mark()  # 2 s idle
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False)
     backend = LlamaCppBackend(str(model), NAME, {"threads": 1, "n_ctx": N_CTX})
     backend.load()
@@ -405,17 +429,18 @@ def main() -> None:
             }
             results: dict[str, list[Sample]] = {key: [] for key in runs}
             order = list(runs)
+            machine.mark()
             for r in range(args.rounds):
                 for key in order[r % len(order):] + order[:r % len(order)]:
                     results[key].append(cpu.run(key, runs[key]))
-            load_a = loadavg()
+            load_a = machine.mark()
 
             load: dict[int, list[LoadRound]] = {1: [], 2: []}
             for r in range(args.load_rounds):
                 for replicas, gw in ((1, gw1), (2, gw2)) if r % 2 == 0 else ((2, gw2), (1, gw1)):
                     load[replicas].append(runner.run(load_round(session, gw.url, args.clients, args.load_requests,
                                                                 args.load_tokens)))
-            load_b = loadavg()
+            load_b = machine.mark()
         finally:
             runner.run(session.close())
 
@@ -434,7 +459,7 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, list[Sample
            loads: tuple[str, str, str], elapsed: float) -> None:
     n = results["lcpp"][0].tokens
     print(f"\n(a) {model.name} ({model.stat().st_size / 1e6:.1f} MB), {n} tokens, greedy, n_threads=1, "
-          f"{args.rounds} interleaved rounds, medians. Load average (1/5/15 min) before {loads[0]}, after {loads[1]}.\n")
+          f"{args.rounds} interleaved rounds, medians. Idle before: {loads[0]}. During (a): {loads[1]}.\n")
     print("| path | TTFT ms | decode tok/s | end-to-end tok/s | decode vs (1) | tokens | SSE events with content "
           "(all) | HTTP reads | CPU µs/token: bench process | gateway | worker |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -469,7 +494,7 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, list[Sample
 
     print(f"\n(b) {args.clients} concurrent clients (aiohttp, streaming), each {args.load_requests} requests of "
           f"{args.load_tokens} tokens per round, {args.load_rounds} rounds per worker count, alternating; "
-          f"threads=1 per worker. Load average after: {loads[2]}.\n")
+          f"threads=1 per worker. During (b): {loads[2]}.\n")
     print("| workers | aggregate tok/s (median) | min–max | request p50 s | TTFT p50 ms | speed-up |")
     print("|---:|---:|---:|---:|---:|---:|")
     one = med([r.tps for r in load[1]])

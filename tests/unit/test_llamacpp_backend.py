@@ -12,7 +12,8 @@ import pytest
 
 from protocol.messages import ErrorCode, FinishReason, Generate, SamplingParams
 from workers.backend import Delta, GenerationResult, ModelLoadError, WorkerError
-from workers.llamacpp import LlamaCppBackend, StopStringFilter, could_be_tool_call, parse_tool_calls
+from workers.chat_text import StopStringFilter, could_be_tool_call, parse_tool_calls
+from workers.llamacpp import LlamaCppBackend
 from workers.tiny_models import write_tiny_gguf
 
 HELLO = [{"role": "user", "content": "hello world"}]

@@ -15,7 +15,8 @@ from mlx_lm.sample_utils import make_sampler
 
 from protocol.messages import CacheOp, ErrorCode, Generate, SamplingParams
 from workers.backend import Delta, GenerationResult, ModelLoadError, WorkerError
-from workers.mlx_backend import MLXBackend, StopMatcher
+from workers.chat_text import StopStringFilter
+from workers.mlx_backend import MLXBackend
 from workers.mlx_tiny import write_tiny_mlx_model
 
 SYSTEM = "You are a helpful assistant. Please write a short story about a cat and a dog. " * 8
@@ -163,7 +164,7 @@ def test_stop_string_cuts_and_holds_back(backend: MLXBackend) -> None:
 
 
 def test_stop_matcher_tail() -> None:
-    m = StopMatcher(["END"])
+    m = StopStringFilter(["END"])
     assert m.feed("abcE") == ("abc", False)
     assert m.feed("N") == ("", False)
     assert m.feed("x") == ("ENx", False)
