@@ -63,36 +63,42 @@ def install_event_loop(choice: str) -> str:
     return "uvloop"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    loop_name = install_event_loop(args.loop)
-    try:
-        config = build_config(args)
-    except ConfigError as exc:
-        print(f"acore-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+def config_secrets(config: GatewayConfig) -> list[str]:
+    """Every key the configuration holds: the log formatter masks them wherever they appear."""
     secrets = [*config.auth_keys]
-    for name, settings in config.providers.items():
+    for settings in config.providers.values():
         secrets.append(settings.api_key or "")
         secrets.append(config.env_value(settings.api_key_env) or "")
-        del name
-    setup_logging(config.debug, secrets)
-    log = logging.getLogger("acore.gateway")
-    try:
-        app = create_app(config)
-    except ConfigError as exc:
-        print(f"acore-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    log.info("acore-gateway listening on http://%s:%d (%s event loop)", config.host, config.port, loop_name)
+    return secrets
+
+
+def serve(app: web.Application, config: GatewayConfig) -> None:
+    """Run an app built by create_app with the gateway's shutdown and cancellation settings."""
     web.run_app(
         app,
         host=config.host,
         port=config.port,
         shutdown_timeout=config.limits.shutdown_timeout_s,
-        handler_cancellation=True,
+        handler_cancellation=True,  # a client that goes away cancels its upstream work at once
         access_log=None,
         print=lambda text: print(text, file=sys.stderr, flush=True),
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    loop_name = install_event_loop(args.loop)
+    try:
+        config = build_config(args)
+        setup_logging(config.debug, config_secrets(config))
+        app = create_app(config)
+    except ConfigError as exc:
+        print(f"acore-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.getLogger("acore.gateway").info(
+        "acore-gateway listening on http://%s:%d (%s event loop)", config.host, config.port, loop_name
+    )
+    serve(app, config)
 
 
 if __name__ == "__main__":

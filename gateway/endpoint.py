@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.cli import config_secrets, install_event_loop, serve
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.keys import PROVIDERS
 from gateway.logs import setup_logging
@@ -104,9 +105,10 @@ def create_endpoint_app(config: GatewayConfig) -> web.Application:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    install_event_loop("auto")
     try:
         config = build_config(args)
-        setup_logging(config.debug, [*config.auth_keys])
+        setup_logging(config.debug, config_secrets(config))
         app = create_endpoint_app(config)
     except ConfigError as exc:
         print(f"acore-endpoint: {exc}", file=sys.stderr)
@@ -114,15 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     provider, model = served_model(config.workers[0])
     logging.getLogger("acore.gateway").info("acore-endpoint serving %s/%s on http://%s:%d", provider, model,
                                             config.host, config.port)
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.limits.shutdown_timeout_s,
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda text: print(text, file=sys.stderr, flush=True),
-    )
+    serve(app, config)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from gateway.errors import GatewayError, bad_request
 from gateway.providers.base import ChatCall, EmbedCall, EmbedResult, ModelInfo, ProviderState, ProviderStatus
 from gateway.providers.collect import collect_chunks
 from gateway.providers.http import open_upstream, read_json, sse_data
+from gateway.providers.translate import check_unsupported
 from gateway.thinking import anthropic_thinking
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -196,18 +197,9 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return result
 
 
-def _check_unsupported(call: ChatCall) -> None:
-    """Refuse or report what this API cannot do, instead of answering as if it had."""
-    if (call.body.get("n") or 1) > 1:
-        raise bad_request(f"n > 1 is not supported for {call.requested_model}: send one request per choice.",
-                          param="n")
-    if call.body.get("logprobs"):
-        call.notices.append("logprobs not available from anthropic")
-
-
 def build_request(call: ChatCall) -> dict[str, Any]:
     """The Messages API request for a ChatCall (always streaming)."""
-    _check_unsupported(call)
+    check_unsupported(call, "anthropic")
     body = call.body
     system, messages = convert_messages(body.get("messages") or [])
     if not messages:

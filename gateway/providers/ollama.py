@@ -30,6 +30,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.collect import collect_chunks
 from gateway.providers.http import ndjson_lines, open_upstream, read_json
+from gateway.providers.translate import check_unsupported
 from gateway.thinking import ollama_think
 
 DEFAULT_BASE_URL = "http://localhost:11434"
@@ -128,17 +129,8 @@ def convert_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _check_unsupported(call: ChatCall) -> None:
-    """Refuse or report what this API cannot do, instead of answering as if it had."""
-    if (call.body.get("n") or 1) > 1:
-        raise bad_request(f"n > 1 is not supported for {call.requested_model}: send one request per choice.",
-                          param="n")
-    if call.body.get("logprobs"):
-        call.notices.append("logprobs not available from ollama")
-
-
 def build_request(call: ChatCall) -> dict[str, Any]:
-    _check_unsupported(call)
+    check_unsupported(call, "ollama")
     body = call.body
     request: dict[str, Any] = {"model": call.model, "messages": convert_messages(body.get("messages") or []),
                                "stream": True}
