@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Local workers (issue 4): llama.cpp in-process vs through gateway + worker, and 1 vs 2 workers under load.
 
-    .venv/bin/python scripts/bench/worker_pool.py                    # full run (~3 minutes)
+    .venv/bin/python scripts/bench/worker_pool.py                    # full run (~2 minutes)
     .venv/bin/python scripts/bench/worker_pool.py --rounds 1 --tokens 32 --load-rounds 1 --load-requests 1
 
 Starts its own gateways on 127.0.0.1 (one with ``replicas = 1``, one with ``replicas = 2`` of the
@@ -302,7 +302,8 @@ def get_json(url: str) -> Any:
 
 
 def live_workers(gw: Proc) -> list[dict[str, Any]]:
-    entry = next((p for p in get_json(gw.url + "/providers")["providers"] if p["name"] == "llamacpp"), {})
+    entry: dict[str, Any] = next((p for p in get_json(gw.url + "/providers")["providers"]
+                                  if p["name"] == "llamacpp"), {})
     return [w for w in entry.get("workers", []) if w["alive"] and w["model"] == NAME]
 
 
@@ -314,7 +315,8 @@ def gateways(model: Path, replica_counts: list[int], log_dir: Path) -> Iterator[
     try:
         for replicas in replica_counts:
             config = log_dir / f"gateway-{replicas}.toml"
-            config.write_text(f'[[workers]]\nprovider = "llamacpp"\nmodel = "{model}"\nname = "{NAME}"\n'
+            path = orjson.dumps(str(model)).decode()  # a JSON string is a valid TOML basic string
+            config.write_text(f'[[workers]]\nprovider = "llamacpp"\nmodel = {path}\nname = "{NAME}"\n'
                               f"replicas = {replicas}\nthreads = 1\nn_ctx = {N_CTX}\n")
             proc = start_gateway(log_dir, extra_args=["--config", str(config)])
             procs.append(proc)
@@ -460,7 +462,7 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, list[Sample
     n = results["lcpp"][0].tokens
     print(f"\n(a) {model.name} ({model.stat().st_size / 1e6:.1f} MB), {n} tokens, greedy, n_threads=1, "
           f"{args.rounds} interleaved rounds, medians. Idle before: {loads[0]}. During (a): {loads[1]}.\n")
-    print("| path | TTFT ms | decode tok/s | end-to-end tok/s | decode vs (1) | tokens | SSE events with content "
+    print("| path | TTFT ms | decode tok/s (min–max) | end-to-end tok/s | decode vs (1) | tokens | SSE events with content "
           "(all) | HTTP reads | CPU µs/token: bench process | gateway | worker |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = med([s.decode_tps for s in results["lcpp"]])
@@ -472,7 +474,8 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, list[Sample
         reads = f"{med([s.reads for s in samples]):.0f}" if key == "raw" else "–"
         procs = [f"{cpu.per_token_us(key, 'self', ()):.0f}"]
         procs += [f"{cpu.per_token_us(key, name, idle):.0f}" if gateway else "–" for name in ("gateway", "worker")]
-        print(f"| {PATHS[key]} | {med([s.ttft_s for s in samples]) * 1000:.2f} | {tps:,.0f} | "
+        lo, hi = min(s.decode_tps for s in samples), max(s.decode_tps for s in samples)
+        print(f"| {PATHS[key]} | {med([s.ttft_s for s in samples]) * 1000:.2f} | {tps:,.0f} ({lo:,.0f}–{hi:,.0f}) | "
               f"{med([s.e2e_tps for s in samples]):,.0f} | {tps / base:.3f}× | {samples[0].tokens} | {events} | "
               f"{reads} | {' | '.join(procs)} |")
 
@@ -499,11 +502,11 @@ def report(args: argparse.Namespace, model: Path, results: dict[str, list[Sample
     print("|---:|---:|---:|---:|---:|---:|")
     one = med([r.tps for r in load[1]])
     for replicas, rounds in load.items():
-        tps = [r.tps for r in rounds]
+        rates = [r.tps for r in rounds]
         lat = med([x for r in rounds for x in r.latencies])
         ttft = med([x for r in rounds for x in r.ttfts]) * 1000
-        print(f"| {replicas} | {med(tps):,.0f} | {min(tps):,.0f}–{max(tps):,.0f} | {lat:.3f} | {ttft:.1f} | "
-              f"{med(tps) / one:.2f}× |")
+        print(f"| {replicas} | {med(rates):,.0f} | {min(rates):,.0f}–{max(rates):,.0f} | {lat:.3f} | {ttft:.1f} | "
+              f"{med(rates) / one:.2f}× |")
     print(f"\n{os.cpu_count()} CPUs; whole run {elapsed:.0f} s.")
 
 
