@@ -60,6 +60,9 @@ PR_SET_PDEATHSIG = 1
 _SEND = b"S"  # [kind, socket index, *frames]: send these frames
 _FLUSH = b"F"  # [kind, request id]: send the coalesced chunk buffered for this request
 
+# The sliding batch window never stays open longer than this many batch waits in total.
+MAX_BATCH_WINDOW_FACTOR = 5
+
 
 @dataclass(slots=True)
 class _Work:
@@ -376,10 +379,14 @@ class WorkerLoop:
         self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=result.usage))
 
     def _collect_embeds(self, first: _Work) -> list[_Work]:
-        """The first Embed plus those already queued or arriving within batch_wait, up to max_batch inputs."""
+        """The first Embed plus those already queued or arriving within batch_wait of the previous one,
+        up to max_batch inputs. The window slides while requests keep arriving (a burst of concurrent
+        clients lands over several ms), capped at MAX_BATCH_WINDOW_FACTOR x batch_wait in total."""
         batch = [first]
         total = len(first.message.texts)  # type: ignore[union-attr]
-        deadline = time.monotonic() + self.batch_wait_s
+        started = time.monotonic()
+        hard_deadline = started + self.batch_wait_s * MAX_BATCH_WINDOW_FACTOR
+        deadline = started + self.batch_wait_s
         while total < self.max_batch:
             try:
                 item = self._work.get_nowait()
@@ -400,6 +407,7 @@ class WorkerLoop:
                 break
             batch.append(item)
             total += len(message.texts)
+            deadline = min(hard_deadline, time.monotonic() + self.batch_wait_s)
         return batch
 
     def _serve_embeds(self, batch: list[_Work]) -> None:
