@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from protocol.messages import ErrorCode
-from workers.backend import WorkerError
+from workers.backend import Delta, Emit, WorkerError
 
 
 class StopStringFilter:
@@ -93,3 +93,20 @@ def message_text(content: Any) -> str:
         else:
             raise WorkerError(ErrorCode.BAD_REQUEST, f"unsupported content part type {kind!r}", param="messages")
     return "".join(parts)
+
+
+def emit_final_text(held: str | None, tail: str, emit: Emit) -> bool:
+    """Emit what a generation held back at its end: a tool call when the held text parses as one
+    (returns True), else the text itself."""
+    if held is None:
+        if tail:
+            emit(Delta(text=tail))
+        return False
+    held += tail
+    calls = parse_tool_calls(held) if held.strip() else None
+    if calls:
+        emit(Delta(tool_calls=calls))
+        return True
+    if held:
+        emit(Delta(text=held))
+    return False

@@ -30,7 +30,7 @@ from workers.backend import (
     ModelLoadError,
     WorkerError,
 )
-from workers.chat_text import StopStringFilter, could_be_tool_call, message_text, parse_tool_calls
+from workers.chat_text import StopStringFilter, could_be_tool_call, emit_final_text, message_text
 from workers.prompt_cache import DEFAULT_MAX_BYTES, CacheEntry, PromptCacheStore, as_tokens, common_prefix
 from workers.prompt_cache import prepare_modules as build_modules
 
@@ -386,16 +386,8 @@ class LlamaCppBackend(Backend):
             if not hit:
                 tail, hit = stops.feed(decoder.decode(b"", final=True))
                 tail += "" if hit else stops.flush()
-            if held is not None:
-                held += tail
-                calls = parse_tool_calls(held) if held.strip() else None
-                if calls:
-                    emit(Delta(tool_calls=calls))
-                    finish = FinishReason.TOOL_CALLS
-                elif held:
-                    emit(Delta(text=held))
-            elif tail:
-                emit(Delta(text=tail))
+            if emit_final_text(held, tail, emit):
+                finish = FinishReason.TOOL_CALLS
         self._remember(key, len(prompt))
         return GenerationResult(finish, Usage(prompt_tokens=len(prompt), completion_tokens=n_out,
                                               cached_tokens=cached))

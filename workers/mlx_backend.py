@@ -21,7 +21,7 @@ from workers.backend import Backend, BackendInfo, Cancelled, Delta, Emit, Genera
 
 # Engine-independent chat helpers shared with the llama.cpp backend (that module imports
 # llama_cpp only inside functions, so importing it here loads no llama.cpp code).
-from workers.chat_text import StopStringFilter, could_be_tool_call, message_text, parse_tool_calls
+from workers.chat_text import StopStringFilter, could_be_tool_call, emit_final_text, message_text
 from workers.prompt_cache import (
     AUTO_PREFIX,
     DEFAULT_MAX_BYTES,
@@ -368,16 +368,8 @@ class MLXBackend(Backend):
                 if hit:
                     finish = FinishReason.STOP
                 tail = text if hit else text + stopper.flush()
-                if held is not None:
-                    held += tail
-                    calls = parse_tool_calls(held) if held.strip() else None
-                    if calls:
-                        emit(Delta(tool_calls=calls))
-                        finish = FinishReason.TOOL_CALLS
-                    elif held:
-                        emit(Delta(text=held))
-                elif tail:
-                    emit(Delta(text=tail))
+                if emit_final_text(held, tail, emit):
+                    finish = FinishReason.TOOL_CALLS
             ok = True
         finally:
             close = getattr(steps, "close", None)

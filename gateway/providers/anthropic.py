@@ -21,7 +21,7 @@ import orjson
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.providers.base import ChatCall, EmbedCall, EmbedResult, ModelInfo, ProviderState, ProviderStatus
-from gateway.providers.collect import collect_chunks
+from gateway.providers.collect import complete_from_stream
 from gateway.providers.http import open_upstream, read_json, sse_data
 from gateway.providers.translate import check_unsupported
 from gateway.thinking import anthropic_thinking
@@ -438,11 +438,7 @@ class AnthropicProvider:
         return self._chunks(call, call.include_usage)
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        chunks = self._chunks(call, True)
-        try:
-            return await collect_chunks(chunks)
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+        return await complete_from_stream(self._chunks(call, True))
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
         raise GatewayError(400, f"The model 'anthropic/{call.model}' does not support embeddings: "

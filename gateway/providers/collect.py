@@ -8,7 +8,7 @@ construction.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 
@@ -100,3 +100,11 @@ async def collect_chunks(chunks: AsyncIterable[dict[str, Any]]) -> dict[str, Any
     if usage is not None:
         result["usage"] = usage
     return result
+
+
+async def complete_from_stream(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The non-streaming answer of a translating adapter: its collected stream, always closed."""
+    try:
+        return await collect_chunks(chunks)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]

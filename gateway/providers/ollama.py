@@ -28,7 +28,7 @@ from gateway.providers.base import (
     ProviderState,
     ProviderStatus,
 )
-from gateway.providers.collect import collect_chunks
+from gateway.providers.collect import complete_from_stream
 from gateway.providers.http import ndjson_lines, open_upstream, read_json
 from gateway.providers.translate import check_unsupported
 from gateway.thinking import ollama_think
@@ -266,11 +266,7 @@ class OllamaProvider:
         return self._chunks(call, call.include_usage)
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        chunks = self._chunks(call, True)
-        try:
-            return await collect_chunks(chunks)
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+        return await complete_from_stream(self._chunks(call, True))
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
         base, headers = self._endpoint(call.base_url, call.api_key, call.base_url_trusted)
