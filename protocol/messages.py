@@ -79,6 +79,12 @@ class Heartbeat(Message, frozen=True, tag="hb"):
     queued: int = 0
 
 
+class Goodbye(Message, frozen=True, tag="bye"):
+    """A worker that stops cleanly says so, so the gateway drops it at once, not after missed beats."""
+
+    sender: str
+
+
 class Probe(Message, frozen=True, tag="probe"):
     """Gateway -> worker: "I do not know you, say Ready again" (after a gateway restart)."""
 
@@ -182,6 +188,6 @@ class CacheOp(Message, frozen=True, tag="cache"):
     args: dict[str, Any] = {}
 
 
-WorkerMessage = Ready | Heartbeat | Chunk | Final | Error
+WorkerMessage = Ready | Heartbeat | Goodbye | Chunk | Final | Error
 GatewayMessage = Heartbeat | Probe | Generate | Embed | Abort | Unload | CacheOp
-AnyMessage = Ready | Heartbeat | Probe | Chunk | Final | Error | Generate | Embed | Abort | Unload | CacheOp
+AnyMessage = Ready | Heartbeat | Goodbye | Probe | Chunk | Final | Error | Generate | Embed | Abort | Unload | CacheOp

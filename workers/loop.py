@@ -41,6 +41,7 @@ from protocol.messages import (
     Final,
     FinishReason,
     Generate,
+    Goodbye,
     Heartbeat,
     Probe,
     Ready,
@@ -60,6 +61,8 @@ PR_SET_PDEATHSIG = 1
 _SEND = b"S"  # [kind, socket index, *frames]: send these frames
 _FLUSH = b"F"  # [kind, request id]: send the coalesced chunk buffered for this request
 
+# How long closing a socket may wait to deliver the Goodbye to a gateway that is still there.
+GOODBYE_LINGER_MS = 200
 # The sliding batch window never stays open longer than this many batch waits in total.
 MAX_BATCH_WINDOW_FACTOR = 5
 
@@ -190,8 +193,10 @@ class WorkerLoop:
             self._stop.set()
             self._work.put(None)
             model_thread.join(timeout=5.0)
+            goodbye = encode(Goodbye(sender=self.worker_id))
             for sock in sockets:
-                sock.close(linger=0)
+                self._send(sock, goodbye)
+                sock.close(linger=GOODBYE_LINGER_MS)  # long enough for the goodbye, never a hang
             pipe_in.close(linger=0)
         return 0
 

@@ -32,6 +32,7 @@ from protocol.messages import (
     Error,
     ErrorCode,
     Final,
+    Goodbye,
     Heartbeat,
     Probe,
     Ready,
@@ -248,6 +249,10 @@ class WorkerPool:
         worker = self.scheduler.workers.get(identity)
         if isinstance(message, Ready):
             self._register(identity, message)
+            return
+        if isinstance(message, Goodbye):
+            if worker is not None and worker.alive:
+                self.mark_dead(worker, "it stopped")
             return
         if worker is None or not worker.alive:
             # A worker we do not know (we restarted, or declared it dead): ask it to announce itself.

@@ -259,8 +259,24 @@ def test_worker_started_by_hand_joins_and_leaves(echo_gw: Proc, log_dir: Path) -
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(10) == 0
-    # Unsupervised: it is gone once its heartbeats stop (5 s).
+    # A clean stop says Goodbye: dropped on that message, not after missed heartbeats.
     wait_for(lambda: model_entry(echo_gw, "llamacpp/handy") is None, 10, "the worker to be dropped")
+    assert "(handy, pid" in echo_gw.log() and "is dead: it stopped" in echo_gw.log()
+
+
+def test_a_silent_worker_is_dropped_after_missed_heartbeats(echo_gw: Proc, log_dir: Path) -> None:
+    endpoint = default_worker_endpoint(int(echo_gw.url.rsplit(":", 1)[1]))
+    with (log_dir / "silent-worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers", "--provider", "echo", "--model", "tokens=1", "--name", "silent",
+             "--connect", endpoint], cwd=REPO, env=base_env(TEST_ENV), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: model_entry(echo_gw, "llamacpp/silent"), 20, "the hand-started worker")
+    finally:
+        worker.kill()  # no Goodbye: only the heartbeat timeout can notice
+        worker.wait(10)
+    wait_for(lambda: model_entry(echo_gw, "llamacpp/silent") is None, 15, "the silent worker to be dropped")
+    assert "(silent, pid" in echo_gw.log() and "no message for" in echo_gw.log()
 
 
 def test_one_worker_serves_two_gateways(echo_gw: Proc, log_dir: Path) -> None:
