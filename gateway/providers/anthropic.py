@@ -23,7 +23,7 @@ from gateway.errors import GatewayError, bad_request
 from gateway.providers.base import ChatCall, EmbedCall, EmbedResult, ModelInfo, ProviderState, ProviderStatus
 from gateway.providers.collect import complete_from_stream
 from gateway.providers.http import open_upstream, read_json, sse_data
-from gateway.providers.translate import check_unsupported
+from gateway.providers.translate import check_unsupported, image_part_url
 from gateway.thinking import anthropic_thinking
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -111,11 +111,7 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
             if part.get("text"):
                 blocks.append({"type": "text", "text": str(part["text"])})
         elif kind in ("image_url", "input_image"):
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str):
-                raise bad_request("image_url needs a url.", param="messages")
-            blocks.append(image_block(url))
+            blocks.append(image_block(image_part_url(part)))
         else:
             raise bad_request(f"Content part type {kind!r} is not supported by anthropic.", param="messages")
     return blocks

@@ -172,11 +172,6 @@ MAX_EVENT_LINE = 8 << 20
 async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[tuple[str | None, bytes]]:
     """Yield ``(event, data)`` for each SSE event; ends at ``[DONE]`` or end of body."""
     reader = response.content
-    if not hasattr(reader, "readany"):
-        # a wrapper offering readuntil only (e.g. the Responses passthrough)
-        async for item in _sse_data_by_line(reader, provider):
-            yield item
-        return
     # Bulk path: take everything buffered at once and split it here. aiohttp keeps each HTTP
     # chunk (one per upstream event) as its own buffer entry, and readuntil() per line costs
     # several Python calls per entry: this is the gateway's hottest loop when streaming.
@@ -214,45 +209,6 @@ async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIter
             # comments (":") and unknown fields are ignored, as the SSE spec says
         if not block:
             break
-    if data_lines:
-        data = b"\n".join(data_lines)
-        if data != b"[DONE]":
-            yield event, data
-
-
-async def _sse_data_by_line(reader: Any, provider: str) -> AsyncIterator[tuple[str | None, bytes]]:
-    event: str | None = None
-    data_lines: list[bytes] = []
-    while True:
-        try:
-            line = await reader.readuntil(b"\n")
-        except ValueError:
-            raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error") from None
-        except asyncio.IncompleteReadError as exc:
-            line = exc.partial
-            if not line:
-                break
-        if not line:
-            # aiohttp's readuntil returns b"" at the end of the body instead of raising: without
-            # this check a stream that ends without [DONE] would spin here forever.
-            break
-        if len(line) > MAX_EVENT_LINE:
-            raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error")
-        line = line.rstrip(b"\r\n")
-        if not line:
-            if data_lines:
-                data = b"\n".join(data_lines)
-                data_lines = []
-                if data == b"[DONE]":
-                    return
-                yield event, data
-            event = None
-            continue
-        if line.startswith(b"data:"):
-            value = line[5:]
-            data_lines.append(value[1:] if value.startswith(b" ") else value)
-        elif line.startswith(b"event:"):
-            event = line[6:].strip().decode("utf-8", "replace")
     if data_lines:
         data = b"\n".join(data_lines)
         if data != b"[DONE]":

@@ -30,7 +30,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.collect import complete_from_stream
 from gateway.providers.http import ndjson_lines, open_upstream, read_json
-from gateway.providers.translate import check_unsupported
+from gateway.providers.translate import check_unsupported, image_part_url
 from gateway.thinking import ollama_think
 
 DEFAULT_BASE_URL = "http://localhost:11434"
@@ -82,11 +82,7 @@ def _content(content: Any) -> tuple[str, list[str]]:
         if kind in ("text", "input_text"):
             texts.append(str(part.get("text") or ""))
         elif kind in ("image_url", "input_image"):
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str):
-                raise bad_request("image_url needs a url.", param="messages")
-            images.append(_image_data(url))
+            images.append(_image_data(image_part_url(part)))
         else:
             raise bad_request(f"Content part type {kind!r} is not supported by ollama.", param="messages")
     return "\n".join(texts), images

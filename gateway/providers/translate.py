@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.errors import bad_request
 from gateway.providers.base import ChatCall
 
@@ -13,3 +15,12 @@ def check_unsupported(call: ChatCall, provider: str) -> None:
                           param="n")
     if call.body.get("logprobs"):
         call.notices.append(f"logprobs not available from {provider}")
+
+
+def image_part_url(part: dict[str, Any]) -> str:
+    """The URL of an ``image_url`` / ``input_image`` content part (a string or ``{"url": ...}``)."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise bad_request("image_url needs a url.", param="messages")
+    return url

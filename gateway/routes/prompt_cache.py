@@ -172,24 +172,23 @@ async def stats(request: web.Request) -> web.Response:
     return json_response({"supported": True, "stats": merged})
 
 
-@routes.post(PREFIX + "/set")
-async def set_key(request: web.Request) -> web.Response:
+async def _keyed_op(request: web.Request, op: str) -> web.Response:
+    """An operation on one key (set, update): it runs on the worker holding that key."""
     args, target = await _body_target(request)
     if isinstance(target, web.Response):
         return target
-    key = _key(args, "key")
-    result, _ = await target.run("set", args, key=key)
+    result, _ = await target.run(op, args, key=_key(args, "key"))
     return json_response(result)
+
+
+@routes.post(PREFIX + "/set")
+async def set_key(request: web.Request) -> web.Response:
+    return await _keyed_op(request, "set")
 
 
 @routes.post(PREFIX + "/update")
 async def update(request: web.Request) -> web.Response:
-    args, target = await _body_target(request)
-    if isinstance(target, web.Response):
-        return target
-    key = _key(args, "key")
-    result, _ = await target.run("update", args, key=key)
-    return json_response(result)
+    return await _keyed_op(request, "update")
 
 
 @routes.post(PREFIX + "/fork")
