@@ -66,10 +66,10 @@ async def test_a_bomb_costs_one_child(executor: ParseExecutor, bomb: object) -> 
 
 async def test_wall_clock_timeout_kills_child() -> None:
     pool = ParseExecutor(workers=1, timeout_s=2.0, cpu_s=5)  # room for a child start on a loaded 2-core box
-    started = time.monotonic()
     with pytest.raises(MediaError) as info:
         await pool.run(sleep_forever)
-    assert info.value.status == 422 and time.monotonic() - started < 6
+    # ended by the wall-clock limit (not the CPU limit: the child sleeps), and the child was killed
+    assert info.value.status == 422 and info.value.code == "parse_timeout"
     assert pool.children_killed == 1
     assert await pool.run(echo, "ok") == "ok"
 
