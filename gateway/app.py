@@ -13,27 +13,30 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.auth import auth_middleware
-from gateway.chat import CALL_HOOKS
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, error_middleware
-from gateway.keys import CONFIG, EXTRAS, HTTP_SESSION, MEDIA_BACKENDS, PROVIDERS, STREAMS
-from gateway.logs import request_context_middleware
-from gateway.plugins import MEDIA_ROUTES, MediaBackends, media_route
+from gateway.doors.sse import StreamTracker
+from gateway.errors import error_middleware
+from gateway.keys import CONFIG, HTTP_SESSION, PROVIDERS, STREAMS
+from gateway.ops.auth import auth_middleware
+from gateway.ops.logs import request_context_middleware
+from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.registry import ProviderRegistry
-from gateway.routes import chat, docs, models
-from gateway.sse import StreamTracker
 
-# Subsystems that add routes, hooks and cleanup contexts of their own: each module
-# has ``setup(app)``. Order matters where one needs another (the pool before routes using it).
+# Each module has ``setup(app)``: routes, hooks and cleanup contexts of its own. Order matters:
+# the pool before the doors that use it, and the hooks run in the order they are set up here.
 SUBSYSTEMS: list[str] = [
-    "gateway.pool",
-    "gateway.routes.prompt_cache",
-    "gateway.routes.embeddings",
-    "gateway.base_url_policy",
-    "gateway.attachments",
-    "gateway.unload",
-    "gateway.responses",
+    "gateway.pool",  # registers the local providers (llamacpp/, mlx/, huggingface/)
+    "gateway.pipeline.base_url",  # hooks: the base_url policy first, then attachments, then unload_after
+    "gateway.pipeline.attachments",
+    "gateway.pipeline.unload",
+    "gateway.ops.health",
+    "gateway.doors.models",
+    "gateway.doors.chat",
+    "gateway.doors.responses",
+    "gateway.doors.embeddings",
+    "gateway.doors.prompt_cache",
+    "gateway.doors.media",
+    "gateway.doors.docs",
 ]
 
 
@@ -58,12 +61,6 @@ async def close_streams(app: web.Application) -> None:
     await app[STREAMS].close_all()
 
 
-async def websocket_responses(request: web.Request) -> web.Response:
-    """Codex's built-in provider first tries a WebSocket; answer at once so it falls back to HTTP."""
-    raise GatewayError(426, "WebSocket transport is not supported here: POST /v1/responses instead.",
-                       code="websocket_not_supported", headers={"Upgrade": "websocket"})
-
-
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
         client_max_size=config.limits.max_body_bytes,
@@ -71,20 +68,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[STREAMS] = StreamTracker()
-    app[MEDIA_BACKENDS] = MediaBackends()
     app[CALL_HOOKS] = []
-    app[EXTRAS] = {}
     app.cleanup_ctx.append(http_session_ctx)
     app.on_shutdown.append(close_streams)
-
-    app.add_routes(models.routes)
-    app.add_routes(chat.routes)
-    app.add_routes(docs.routes)
-    docs.add_static(app)
-    for path in MEDIA_ROUTES:
-        app.router.add_post(path, media_route(path))
-    app.router.add_get("/v1/responses", websocket_responses)
-
     for module in SUBSYSTEMS:
         importlib.import_module(module).setup(app)
     return app

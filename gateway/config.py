@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.providers.environment import PROVIDER_ENV
+
 
 class ConfigError(ValueError):
     """A configuration problem the operator must fix; printed without a traceback."""
@@ -151,18 +153,6 @@ def _dataclass_from(cls: Any, data: Mapping[str, Any], section: str) -> Any:
     return cls(**values)
 
 
-# Environment variables naming each provider's base URL and key (the seed's names).
-PROVIDER_ENV: dict[str, tuple[str | None, str | None]] = {
-    "openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY"),
-    "openrouter": ("OPENROUTER_BASE_URL", "OPENROUTER_API_KEY"),
-    "lmstudio": ("LMSTUDIO_BASE_URL", None),
-    "vllm": ("VLLM_BASE_URL", "VLLM_API_KEY"),
-    "openai-compatible": ("OPENAI_COMPATIBLE_BASE_URL", "OPENAI_COMPATIBLE_API_KEY"),
-    "anthropic": ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
-    "ollama": ("OLLAMA_BASE_URL", None),
-}
-
-
 def load_config(
     *,
     env: Mapping[str, str] | None = None,
@@ -177,15 +167,13 @@ def load_config(
     providers: dict[str, ProviderSettings] = {}
     for name, section in data.get("providers", {}).items():
         providers[name] = _dataclass_from(ProviderSettings, section, f"providers.{name}")
-    for name, (url_env, key_env) in PROVIDER_ENV.items():
+    for name, names in PROVIDER_ENV.items():
         current = providers.get(name, ProviderSettings())
-        url = env.get(url_env or "") or current.base_url
-        if name == "ollama":
-            url = env.get("OLLAMA_BASE_URL") or env.get("OLLAMA_HOST") or url
-            if url and "://" not in url:  # OLLAMA_HOST is often "host:port"
-                url = f"http://{url}"
+        url = env.get(names.url or "") or env.get(names.legacy_url or "") or current.base_url
+        if url and "://" not in url:  # OLLAMA_HOST is often "host:port"
+            url = f"http://{url}"
         providers[name] = ProviderSettings(
-            base_url=url, api_key=current.api_key, api_key_env=current.api_key_env or key_env
+            base_url=url, api_key=current.api_key, api_key_env=current.api_key_env or names.key
         )
 
     limits = _dataclass_from(Limits, data.get("limits", {}), "limits")

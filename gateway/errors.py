@@ -13,6 +13,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from media.errors import MediaError
+from protocol.openai import RequestValidationError
+
 log = logging.getLogger("acore.gateway")
 
 _TYPE_BY_STATUS = {
@@ -32,6 +35,11 @@ _TYPE_BY_STATUS = {
 }
 
 
+def error_type(status: int) -> str:
+    """The OpenAI error type of an HTTP status."""
+    return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
 class GatewayError(Exception):
     """An error with everything needed to answer the client."""
 
@@ -48,7 +56,7 @@ class GatewayError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or error_type(status)
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
@@ -71,6 +79,16 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def model_not_found(message: str) -> GatewayError:
     return GatewayError(404, message, param="model", code="model_not_found")
+
+
+def invalid(exc: RequestValidationError) -> GatewayError:
+    """A request body that failed validation (protocol/) as a 400 naming the parameter."""
+    return bad_request(exc.message, param=exc.param)
+
+
+def from_media(exc: MediaError, param: str = "messages") -> GatewayError:
+    """An attachment error (media/ knows nothing of the gateway) as the client's error."""
+    return GatewayError(exc.status, exc.message, param=exc.param or param, code=exc.code)
 
 
 def not_implemented(message: str) -> GatewayError:

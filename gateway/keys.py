@@ -1,22 +1,24 @@
-"""Every piece of application state, as typed AppKeys (no module globals)."""
+"""The application state every part shares, as typed AppKeys (no module globals).
+
+Subsystems keep their own keys beside their code (the worker pool's ``POOL``, the
+Responses door's ``RESPONSE_STORE``, the hooks' ``CALL_HOOKS``).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
-    from gateway.plugins import MediaBackends
+    from gateway.doors.media import MediaBackends
+    from gateway.doors.sse import StreamTracker
     from gateway.providers.registry import ProviderRegistry
-    from gateway.sse import StreamTracker
 
 CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 PROVIDERS: web.AppKey[ProviderRegistry] = web.AppKey("providers")
 STREAMS: web.AppKey[StreamTracker] = web.AppKey("streams")
 MEDIA_BACKENDS: web.AppKey[MediaBackends] = web.AppKey("media_backends")
-# Extension slots filled by later subsystems (worker pool, response store, ...).
-EXTRAS = web.AppKey("extras", dict[str, Any])

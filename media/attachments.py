@@ -13,9 +13,10 @@ import re
 import unicodedata
 from typing import Any, Protocol
 
+from media.data_url import decode_base64, decode_data_url
 from media.errors import MediaError, bad, too_large
 from media.extract import SUPPORTED_EXT, Extracted, extract
-from media.fetch import Fetcher, decode_base64, decode_data_url
+from media.fetch import Fetcher
 from media.policy import MediaPolicy
 
 # ``@`` at the start of the text or after whitespace, then a path-like run. E-mail addresses never match

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 import re
 import socket
@@ -26,13 +24,12 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from media.errors import MediaError, bad, forbidden, too_large
+from media.netpolicy import METADATA_NAMES
 from media.policy import MediaPolicy
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Names that mean "the cloud metadata service" even before they resolve.
-_METADATA_NAMES = {"metadata.google.internal", "metadata", "metadata.azure.com", "instance-data"}
 # Anything made only of digits, dots and hex markers is an IP spelling; only canonical dotted quads pass.
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|\d+)(\.(0x[0-9a-f]*|\d+))*\.?$", re.I)
 _CANONICAL_V4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
@@ -137,7 +134,7 @@ class Fetcher:
             raise forbidden("URL host is a non-canonical IP address spelling.", code="url_forbidden")
         if literal is not None and literal.version == 4 and not _CANONICAL_V4.match(host):
             raise forbidden("URL host is a non-canonical IP address spelling.", code="url_forbidden")
-        if not allowed_by_name and (host in _METADATA_NAMES or host.endswith((".internal", ".localhost"))
+        if not allowed_by_name and (host in METADATA_NAMES or host.endswith((".internal", ".localhost"))
                                     or host == "localhost"):
             raise forbidden("URL host is not allowed.", code="url_forbidden")
         if literal is not None:
@@ -206,42 +203,3 @@ class Fetcher:
 
     async def close(self) -> None:
         return None  # sessions live for one fetch each (pinned per hop); nothing pooled to close
-
-
-def decode_data_url(url: str, max_bytes: int) -> tuple[bytes, str]:
-    """``data:[mime][;base64],payload`` → (bytes, mime). The encoded length is checked before decoding."""
-    if not url.startswith("data:"):
-        raise bad("Not a data URL.")
-    head, sep, payload = url[5:].partition(",")
-    if not sep:
-        raise bad("Malformed data URL: no comma.")
-    params = head.split(";")
-    mime = (params[0] or "text/plain").strip().lower()
-    is_b64 = "base64" in (p.strip().lower() for p in params[1:])
-    if is_b64:
-        if len(payload) > (max_bytes + 2) // 3 * 4 + 4:
-            raise too_large(f"Data URL content is larger than {max_bytes} bytes.")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise bad("Data URL is not valid base64.") from None
-    else:
-        if len(payload) > max_bytes * 3:
-            raise too_large(f"Data URL content is larger than {max_bytes} bytes.")
-        data = urllib.parse.unquote_to_bytes(payload)
-    if len(data) > max_bytes:
-        raise too_large(f"Data URL content is larger than {max_bytes} bytes.")
-    return data, mime
-
-
-def decode_base64(payload: str, max_bytes: int) -> bytes:
-    """Raw base64 (OpenAI's file_data without a data: prefix), length checked first."""
-    if len(payload) > (max_bytes + 2) // 3 * 4 + 4:
-        raise too_large(f"File data is larger than {max_bytes} bytes.")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad("File data is not valid base64.") from None
-    if len(data) > max_bytes:
-        raise too_large(f"File data is larger than {max_bytes} bytes.")
-    return data

@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from protocol.responses import ResponsesRequest
-
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
@@ -22,6 +20,7 @@ Probability = Annotated[float, Meta(ge=0, le=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 ShortString = Annotated[str, Meta(max_length=1024)]
+LogitBias = dict[str, Annotated[float, Meta(ge=-100, le=100)]]
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
@@ -80,13 +79,12 @@ class ResponseFormat(_Base):
     json_schema: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(_Base):
-    """POST /v1/chat/completions. ``model`` is ``provider/model``."""
+class ChatParams(_Base, kw_only=True):
+    """The chat fields both the wire type and the canonical request (protocol.chat) share: every
+    field but the structured ones (messages, tools, stream_options, response_format)."""
 
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     model: ShortString | None = None
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
@@ -98,24 +96,33 @@ class ChatCompletionRequest(_Base):
     seed: int | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
-    tools: list[Tool] | None = None
+    logit_bias: LogitBias | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
     prompt_cache_key: ShortString | None = None
-    # AbstractCore extensions
+    # AbstractCore extensions (protocol.chat.EXTENSION_FIELDS: never sent upstream)
     thinking: bool | str | None = None
     api_key: str | None = None
     base_url: str | None = None
     unload_after: bool | None = None
     timeout_s: float | None = None
+    agent_format: ShortString | None = None
     # local models only
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Probability | None = None
     repeat_penalty: Annotated[float, Meta(ge=0)] | None = None
+
+
+class ChatCompletionRequest(ChatParams, kw_only=True):
+    """POST /v1/chat/completions. ``model`` is ``provider/model``. Validates a body (and documents it);
+    the gateway then works on protocol.chat.ChatRequest."""
+
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    tools: list[Tool] | None = None
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
 
 class EmbeddingsRequest(_Base):
@@ -189,10 +196,3 @@ def validate(data: Any, request_type: type[T]) -> T:
         raise RequestValidationError(
             f"Invalid value for '{return_param}': {message}" if return_param else message, return_param
         ) from None
-
-
-REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
-    "ChatCompletionRequest": ChatCompletionRequest,
-    "EmbeddingsRequest": EmbeddingsRequest,
-    "ResponsesRequest": ResponsesRequest,
-}

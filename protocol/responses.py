@@ -13,17 +13,13 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-# Kept local (not imported from protocol.openai) so protocol.openai can import this module.
-_Temperature = Annotated[float, Meta(ge=0, le=2)]
-_Probability = Annotated[float, Meta(ge=0, le=1)]
-_PositiveInt = Annotated[int, Meta(ge=1)]
-_ShortString = Annotated[str, Meta(max_length=1024)]
+from protocol.openai import LogitBias, Penalty, PositiveInt, Probability, ShortString, Temperature
 
 
 class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
     """POST /v1/responses. ``model`` is ``provider/model``; ``input`` (or the legacy ``messages``) is required."""
 
-    model: _ShortString | None = None
+    model: ShortString | None = None
     input: str | list[dict[str, Any]] | None = None
     # AbstractCore's legacy form: a chat ``messages`` list instead of ``input``.
     messages: list[dict[str, Any]] | None = None
@@ -32,23 +28,33 @@ class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=False, omit_default
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    max_output_tokens: _PositiveInt | None = None
-    max_tokens: _PositiveInt | None = None  # sent by some clients instead of max_output_tokens
-    temperature: _Temperature | None = None
-    top_p: _Probability | None = None
+    max_output_tokens: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None  # sent by some clients instead of max_output_tokens
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     include: list[str] | None = None
     store: bool | None = None
-    previous_response_id: _ShortString | None = None
-    prompt_cache_key: _ShortString | None = None
+    previous_response_id: ShortString | None = None
+    prompt_cache_key: ShortString | None = None
     client_metadata: dict[str, Any] | None = None
     user: str | None = None
     truncation: str | None = None
+    # Chat sampling fields some Responses clients send: they mean the same as on chat completions.
+    seed: int | None = None
+    stop: str | Annotated[list[str], Meta(max_length=16)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    repeat_penalty: Annotated[float, Meta(ge=0)] | None = None
     # AbstractCore extensions (as on chat completions)
     thinking: bool | str | None = None
     api_key: str | None = None
     base_url: str | None = None
     unload_after: bool | None = None
     timeout_s: float | None = None
+    agent_format: ShortString | None = None

@@ -9,41 +9,28 @@ import os
 import secrets
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from protocol.endpoints import default_worker_endpoint
+from protocol.local import (
+    EXIT_LOAD_FAILED,
+    SUPERVISOR_ENV,
+    TEST_BACKENDS_ENV,
+    WORKER_PROVIDERS,
+    default_name,
+    resolve_engine,
+)
 from workers.backend import BACKENDS, Backend, ModelLoadError
 
-PROVIDERS = ("llamacpp", "mlx", "sentence-transformers", "huggingface")
 # Test-only backends: accepted solely with ACORE_TEST_BACKENDS=1, so a deployment never exposes them.
 TEST_BACKENDS = {"echo": "tests.fakes.echo_backend:EchoBackend"}
-# Set by the gateway's supervisor: the worker dies with that process.
-SUPERVISOR_ENV = "ACORE_SUPERVISED_BY"
 
 log = logging.getLogger("acore.worker")
 
 
-def resolve_provider(provider: str, model: str) -> str:
-    """``huggingface`` is the seed's spelling: a .gguf file means llama.cpp, anything else sentence-transformers."""
-    if provider == "huggingface":
-        return "llamacpp" if model.lower().endswith(".gguf") else "sentence-transformers"
-    return provider
-
-
-def default_name(provider: str, model: str) -> str:
-    """The name a worker is served under without --name: GGUF stem, MLX directory name, or the model id."""
-    provider = resolve_provider(provider, model)
-    if provider == "llamacpp":
-        return Path(model).stem
-    if provider == "mlx":
-        return Path(model.rstrip("/")).name or model
-    return model
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    test_backends = os.environ.get("ACORE_TEST_BACKENDS") == "1"
-    choices = [*PROVIDERS, *TEST_BACKENDS] if test_backends else list(PROVIDERS)
+    test_backends = os.environ.get(TEST_BACKENDS_ENV) == "1"
+    choices = [*WORKER_PROVIDERS, *TEST_BACKENDS] if test_backends else list(WORKER_PROVIDERS)
     parser = argparse.ArgumentParser(
         prog="acore-worker",
         description="Load one local model once and serve it to acore gateways over ZeroMQ.",
@@ -68,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_backend_class(provider: str) -> type[Backend]:
     target = BACKENDS.get(provider)
-    if target is None and os.environ.get("ACORE_TEST_BACKENDS") == "1":
+    if target is None and os.environ.get(TEST_BACKENDS_ENV) == "1":
         target = TEST_BACKENDS.get(provider)
     if target is None:
         raise ModelLoadError(f"unknown provider {provider!r}")
@@ -84,7 +71,7 @@ def load_backend_class(provider: str) -> type[Backend]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s acore-worker %(message)s")
     args = parse_args(argv)
-    provider = resolve_provider(args.provider, args.model)
+    provider = resolve_engine(args.provider, args.model)
     name = args.name or default_name(provider, args.model)
     options: dict[str, Any] = {"n_ctx": args.n_ctx, "threads": args.threads}
     if args.prompt_cache_bytes is not None:
@@ -106,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         backend.load()
     except ModelLoadError as exc:
         print(f"acore-worker: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_LOAD_FAILED) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     log.info("loaded %s in %.2f s", name, time.monotonic() - started)

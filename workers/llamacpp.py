@@ -24,13 +24,12 @@ from workers.backend import (
     Backend,
     BackendInfo,
     Cancelled,
-    Delta,
     Emit,
     GenerationResult,
     ModelLoadError,
     WorkerError,
 )
-from workers.chat_text import StopStringFilter, could_be_tool_call, emit_final_text, message_text
+from workers.chat import ChatOutput, message_text, opens_reasoning, prompt_tools, resolve_sampling
 from workers.prompt_cache import DEFAULT_MAX_BYTES, CacheEntry, PromptCacheStore, as_tokens, common_prefix
 from workers.prompt_cache import prepare_modules as build_modules
 
@@ -46,6 +45,11 @@ GGUF_MAGIC = b"GGUF"
 # short prompt is cheaper than copying state around.
 AUTO_SNAPSHOT_MIN_TOKENS = 64
 
+
+# The model's own sampling defaults (GGUF general.sampling.*), by the names resolve_sampling uses.
+GGUF_SAMPLING_KEYS = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
+                      "general.sampling.top_k": "top_k", "general.sampling.min_p": "min_p",
+                      "general.sampling.penalty_repeat": "repeat_penalty"}
 
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
@@ -91,6 +95,17 @@ def gguf_context_length(path: Path) -> int | None:
     return None
 
 
+def model_sampling_defaults(metadata: dict[str, str]) -> dict[str, float]:
+    """The sampling settings a GGUF's author recommends (llama-cpp-python gives metadata as strings)."""
+    defaults = {}
+    for key, name in GGUF_SAMPLING_KEYS.items():
+        try:
+            defaults[name] = float(metadata[key])
+        except (KeyError, ValueError):
+            continue
+    return defaults
+
+
 class LlamaCppBackend(Backend):
     provider = "llamacpp"
 
@@ -100,6 +115,7 @@ class LlamaCppBackend(Backend):
         self._formatters: dict[bool, Any] = {}
         self._pieces: dict[int, bytes] = {}
         self._n_ctx = 0
+        self._model_defaults: dict[str, float] = {}
         self.cache = PromptCacheStore(
             max_bytes=int(options.get("prompt_cache_bytes") or DEFAULT_MAX_BYTES),
             default_ttl_s=options.get("prompt_cache_ttl_s"),
@@ -148,6 +164,7 @@ class LlamaCppBackend(Backend):
             raise ModelLoadError(f"cannot load {self.model}: {e}") from e
         self.llama = llama
         self._n_ctx = llama.n_ctx()
+        self._model_defaults = model_sampling_defaults(llama.metadata)
         self._vocab = llama._model.vocab
         self._pieces = {}
         template = llama.metadata.get("tokenizer.chat_template")
@@ -295,12 +312,13 @@ class LlamaCppBackend(Backend):
             if any(not 0 <= t < llama.n_vocab() for t in bias):
                 raise WorkerError(ErrorCode.BAD_REQUEST, "logit_bias token id out of range", "logit_bias")
             sampler.add_logit_bias(llama.n_vocab(), bias)
+        penalties = resolve_sampling(p, self._model_defaults)
         sampler.add_penalties(
             n_vocab=llama.n_vocab(),
             penalty_last_n=64,
-            penalty_repeat=p.repeat_penalty if p.repeat_penalty is not None else 1.0,
-            penalty_freq=p.frequency_penalty or 0.0,
-            penalty_present=p.presence_penalty or 0.0,
+            penalty_repeat=penalties.repeat_penalty,
+            penalty_freq=penalties.frequency_penalty,
+            penalty_present=penalties.presence_penalty,
         )
         rf = request.response_format or {}
         kind = rf.get("type")
@@ -314,15 +332,18 @@ class LlamaCppBackend(Backend):
             sampler.add_grammar(llama._model, grammar)
         elif kind not in (None, "text"):
             raise WorkerError(ErrorCode.BAD_REQUEST, f"unsupported response_format type {kind!r}", "response_format")
-        temp = 0.8 if p.temperature is None else p.temperature
-        if temp <= 0.0:
+        sampling = resolve_sampling(p, self._model_defaults)
+        if sampling.greedy:
             sampler.add_greedy()
         else:
-            seed = p.seed if p.seed is not None else random.getrandbits(32)
-            sampler.add_top_k(p.top_k if p.top_k is not None and p.top_k > 0 else 40)
-            sampler.add_top_p(p.top_p if p.top_p is not None else 0.95, 1)
-            sampler.add_min_p(p.min_p if p.min_p is not None else 0.05, 1)
-            sampler.add_temp(temp)
+            seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
+            if sampling.top_k > 0:
+                sampler.add_top_k(sampling.top_k)
+            if sampling.top_p < 1.0:
+                sampler.add_top_p(sampling.top_p, 1)
+            if sampling.min_p > 0.0:
+                sampler.add_min_p(sampling.min_p, 1)
+            sampler.add_temp(sampling.temperature)
             sampler.add_dist(seed & 0xFFFFFFFF)
         return sampler
 
@@ -330,8 +351,8 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         llama = self.llama
-        tools = request.tools or None
-        prompt = self.tokenize(self.render(request.messages, tools))
+        rendered = self.render(request.messages, prompt_tools(request))
+        prompt = self.tokenize(rendered)
         limit = self._n_ctx - 1
         if len(prompt) > limit:
             raise WorkerError(ErrorCode.CONTEXT_OVERFLOW,
@@ -350,13 +371,9 @@ class LlamaCppBackend(Backend):
             return GenerationResult(FinishReason.ABORTED, Usage(prompt_tokens=len(prompt), cached_tokens=cached))
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopStringFilter(list(request.params.stop))
-        # Tool-call candidates are held back until they can be judged; tool_choice "none" means
-        # the answer is text whatever it looks like.
-        held = "" if tools and request.tool_choice != "none" else None
+        output = ChatOutput(request, reasoning_open=opens_reasoning(rendered))
         finish = FinishReason.LENGTH
         n_out = 0
-        hit = False
         vocab, ctx, raw_sampler = self._vocab, llama._ctx, sampler
         while n_out < max_tokens:
             if cancelled():
@@ -367,27 +384,20 @@ class LlamaCppBackend(Backend):
                 finish = FinishReason.STOP
                 break
             n_out += 1
-            text = decoder.decode(self._piece(token))
-            out, hit = stops.feed(text)
-            if held is not None:
-                held += out
-                if not could_be_tool_call(held):
-                    out, held = held, None
-                else:
-                    out = ""
-            emit(Delta(text=out, n_tokens=1))
-            if hit:
+            emit(output.feed(decoder.decode(self._piece(token))))
+            if output.stopped:
                 finish = FinishReason.STOP
                 break
             if n_out < max_tokens:
                 llama.eval([token])
         if finish != FinishReason.ABORTED:
-            tail = ""
-            if not hit:
-                tail, hit = stops.feed(decoder.decode(b"", final=True))
-                tail += "" if hit else stops.flush()
-            if emit_final_text(held, tail, emit):
+            last, tool_call = output.finish(decoder.decode(b"", final=True))
+            if last is not None:
+                emit(last)
+            if tool_call:
                 finish = FinishReason.TOOL_CALLS
+            elif output.stopped:
+                finish = FinishReason.STOP
         self._remember(key, len(prompt))
         return GenerationResult(finish, Usage(prompt_tokens=len(prompt), completion_tokens=n_out,
                                               cached_tokens=cached))

@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 
 from protocol.codec import MAX_MESSAGE_BYTES, MalformedFrame, encode, vectors_to_frame, worker_side_decoder
+from protocol.local import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 from protocol.messages import (
     Abort,
     AnyMessage,
@@ -52,8 +53,6 @@ from workers.backend import Backend, Delta, WorkerError
 
 log = logging.getLogger("acore.worker")
 
-HEARTBEAT_INTERVAL_S = 1.0
-HEARTBEAT_TIMEOUT_S = 5.0
 POLL_MS = 100
 PR_SET_PDEATHSIG = 1
 
@@ -62,7 +61,7 @@ _SEND = b"S"  # [kind, socket index, *frames]: send these frames
 _FLUSH = b"F"  # [kind, request id]: send the coalesced chunk buffered for this request
 
 # How long closing a socket may wait to deliver the Goodbye to a gateway that is still there.
-GOODBYE_LINGER_MS = 200
+GOODBYE_LINGER_MS = 1000
 # The sliding batch window never stays open longer than this many batch waits in total.
 MAX_BATCH_WINDOW_FACTOR = 5
 

@@ -17,11 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol.messages import CacheOp, Capabilities, ErrorCode, FinishReason, Generate, Usage
-from workers.backend import Backend, BackendInfo, Cancelled, Delta, Emit, GenerationResult, ModelLoadError, WorkerError
-
-# Engine-independent chat helpers shared with the llama.cpp backend (that module imports
-# llama_cpp only inside functions, so importing it here loads no llama.cpp code).
-from workers.chat_text import StopStringFilter, could_be_tool_call, emit_final_text, message_text
+from workers.backend import Backend, BackendInfo, Cancelled, Emit, GenerationResult, ModelLoadError, WorkerError
+from workers.chat import ChatOutput, message_text, opens_reasoning, prompt_tools, resolve_sampling
 from workers.prompt_cache import (
     AUTO_PREFIX,
     DEFAULT_MAX_BYTES,
@@ -33,6 +30,9 @@ from workers.prompt_cache import (
 )
 
 PREFILL_STEP = 2048  # mlx-lm's default prefill chunk
+# generation_config.json names -> the names resolve_sampling uses (the model's own defaults).
+GENERATION_CONFIG_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                          "repetition_penalty": "repeat_penalty"}
 
 
 class KVState:
@@ -119,6 +119,7 @@ class MLXBackend(Backend):
         self._tokenizer: Any = None
         self._dir: Path | None = None
         self._context_length = int(options.get("n_ctx") or 0)
+        self._model_defaults: dict[str, float] = {}
         # same option names as the llama.cpp backend
         max_bytes = int(options.get("prompt_cache_bytes") or DEFAULT_MAX_BYTES)
         ttl = options.get("prompt_cache_ttl_s")
@@ -141,6 +142,7 @@ class MLXBackend(Backend):
             raise ModelLoadError(f"{self.model}: mlx-lm cannot load it: {exc}") from exc
         if not self._context_length:
             self._context_length = self._config_context_length(self._dir)
+        self._model_defaults = self._generation_defaults(self._dir)
 
     def unload(self) -> None:
         self._model = self._tokenizer = None
@@ -163,6 +165,18 @@ class MLXBackend(Backend):
                 return int(cfg[key])
         return 0
 
+    @staticmethod
+    def _generation_defaults(directory: Path) -> dict[str, float]:
+        """The sampling settings the model ships in generation_config.json (when it sets do_sample)."""
+        try:
+            cfg = json.loads((directory / "generation_config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(cfg, dict) or cfg.get("do_sample") is False:
+            return {"temperature": 0.0} if isinstance(cfg, dict) and cfg.get("do_sample") is False else {}
+        return {name: float(cfg[key]) for key, name in GENERATION_CONFIG_KEYS.items()
+                if isinstance(cfg.get(key), int | float) and not isinstance(cfg.get(key), bool)}
+
     def info(self) -> BackendInfo:
         ctx = self._context_length
         if not ctx:
@@ -177,6 +191,15 @@ class MLXBackend(Backend):
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                 add_generation_prompt: bool) -> list[int]:
+        return self._encode(self._template(messages, tools, add_generation_prompt))
+
+    def _render_prompt(self, request: Generate) -> tuple[list[int], str]:
+        """A generation's prompt as tokens, and as text (to see whether it opens a reasoning block)."""
+        text = self._template(request.messages, prompt_tools(request), True)
+        return self._encode(text), text
+
+    def _template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  add_generation_prompt: bool) -> str:
         msgs = [{**m, "content": message_text(m.get("content"))} for m in messages]
         try:
             text = self._tokenizer.apply_chat_template(msgs, tools=tools or None,
@@ -186,7 +209,7 @@ class MLXBackend(Backend):
         except Exception as exc:
             raise WorkerError(ErrorCode.BAD_REQUEST, f"the chat template of {self.name} rejected the messages: {exc}",
                               param="messages") from exc
-        return self._encode(text)
+        return str(text)
 
     def _encode(self, text: str) -> list[int]:
         # the template already wrote BOS if the model wants one; never add a second
@@ -289,7 +312,7 @@ class MLXBackend(Backend):
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         p = request.params
-        tokens = self._render(request.messages, request.tools, add_generation_prompt=True)
+        tokens, rendered = self._render_prompt(request)
         ctx = self._context_length or 1 << 30
         if len(tokens) >= ctx:
             raise WorkerError(ErrorCode.CONTEXT_OVERFLOW, f"the prompt has {len(tokens)} tokens; the context of "
@@ -298,21 +321,21 @@ class MLXBackend(Backend):
         if max_tokens < 1:
             raise WorkerError(ErrorCode.BAD_REQUEST, "max_tokens must be at least 1", param="max_tokens")
 
-        temp = 1.0 if p.temperature is None else float(p.temperature)
-        sampler = make_sampler(temp=temp, top_p=p.top_p if p.top_p is not None else 0.0,
-                               min_p=p.min_p or 0.0, top_k=p.top_k or 0)
+        sampling = resolve_sampling(p, self._model_defaults)
+        sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p,
+                               top_k=sampling.top_k)
         try:
             bias = {int(k): float(v) for k, v in p.logit_bias.items()} or None
         except ValueError as exc:
             raise WorkerError(ErrorCode.BAD_REQUEST, "logit_bias keys must be token ids", param="logit_bias") from exc
         processors = make_logits_processors(
             logit_bias=bias,
-            repetition_penalty=p.repeat_penalty if p.repeat_penalty not in (None, 1.0) else None,
-            presence_penalty=p.presence_penalty or None,
-            frequency_penalty=p.frequency_penalty or None,
+            repetition_penalty=sampling.repeat_penalty if sampling.repeat_penalty != 1.0 else None,
+            presence_penalty=sampling.presence_penalty or None,
+            frequency_penalty=sampling.frequency_penalty or None,
         )
-        if p.seed is not None:
-            mx.random.seed(int(p.seed) & 0xFFFFFFFF)
+        if sampling.seed is not None:
+            mx.random.seed(int(sampling.seed) & 0xFFFFFFFF)
 
         key = request.prompt_cache_key or self.store.default_key
         kv, reused, entry = self._checkout(key, tokens, len(tokens) - 1)
@@ -327,13 +350,12 @@ class MLXBackend(Backend):
         finish = FinishReason.LENGTH
         eos = set(self._tokenizer.eos_token_ids)
         detok = self._tokenizer.detokenizer
-        stopper = StopStringFilter(list(p.stop))
+        output = ChatOutput(request, reasoning_open=opens_reasoning(rendered))
         steps: Iterator[tuple[Any, Any]] = generate_step(
             mx.array(tokens[reused:]), self._model, max_tokens=-1, sampler=sampler,
             logits_processors=processors or None, prompt_cache=kv.layers, prefill_step_size=PREFILL_STEP,
         )
-        ok = hit = False
-        held: str | None = "" if request.tools else None
+        ok = False
         try:
             if cancelled():
                 finish = FinishReason.ABORTED
@@ -347,13 +369,8 @@ class MLXBackend(Backend):
                         break
                     completion += 1
                     detok.add_token(int(token))
-                    text, hit = stopper.feed(detok.last_segment)
-                    if held is not None:
-                        # with tools, output that may be a tool call is held until it can be judged
-                        held += text
-                        text, held = (held, None) if not could_be_tool_call(held) else ("", held)
-                    emit(Delta(text=text, n_tokens=1))
-                    if hit:
+                    emit(output.feed(detok.last_segment))
+                    if output.stopped:
                         finish = FinishReason.STOP
                         break
                     if completion >= max_tokens:
@@ -361,15 +378,16 @@ class MLXBackend(Backend):
                     if cancelled():
                         finish = FinishReason.ABORTED
                         break
-            if not hit:
-                # the detokenizer may still hold a partial character, the matcher a held-back tail
+            if finish != FinishReason.ABORTED:
+                # the detokenizer may still hold a partial character, the filters a held-back tail
                 detok.finalize()
-                text, hit = stopper.feed(detok.last_segment)
-                if hit:
-                    finish = FinishReason.STOP
-                tail = text if hit else text + stopper.flush()
-                if emit_final_text(held, tail, emit):
+                last, tool_call = output.finish("" if output.stopped else detok.last_segment)
+                if last is not None:
+                    emit(last)
+                if tool_call:
                     finish = FinishReason.TOOL_CALLS
+                elif output.stopped:
+                    finish = FinishReason.STOP
             ok = True
         finally:
             close = getattr(steps, "close", None)

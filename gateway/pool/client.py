@@ -14,7 +14,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -24,6 +23,7 @@ from gateway.errors import GatewayError
 from gateway.pool.scheduler import RequestInfo, Scheduler, WorkerState
 from protocol.codec import MAX_MESSAGE_BYTES, MalformedFrame, encode, gateway_side_decoder
 from protocol.endpoints import is_loopback_tcp
+from protocol.local import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 from protocol.messages import (
     PROTOCOL_VERSION,
     Abort,
@@ -39,9 +39,6 @@ from protocol.messages import (
 )
 
 log = logging.getLogger("acore.gateway")
-
-HEARTBEAT_INTERVAL_S = 1.0
-HEARTBEAT_TIMEOUT_S = 5.0
 
 # Worker error code -> HTTP status (docs/worker-protocol.md).
 STATUS_BY_CODE = {
@@ -305,7 +302,3 @@ class WorkerPool:
                 except zmq.ZMQError:
                     pass
             self.scheduler.prune()
-
-    def describe(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "dropped_frames": self.dropped_frames,
-                "workers": [w.describe() for w in self.scheduler.workers.values()]}

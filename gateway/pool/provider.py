@@ -1,9 +1,9 @@
 """LocalProvider: the Provider interface over the worker pool (llamacpp/, mlx/, huggingface/).
 
-It maps the OpenAI chat body to a protocol Generate, streams Chunk frames back
-as chat.completion.chunk objects, and builds non-streaming answers from the
-stream. When the consumer stops early (client gone), the request is aborted in
-the worker and its slot is freed.
+It sends the canonical request's Generate (ChatRequest.to_generate) to a worker, streams
+Chunk frames back as chat.completion.chunk objects, and answers non-streaming requests
+with the collected stream (providers/collect.py). When the consumer stops early (client
+gone), the request is aborted in the worker and its slot is freed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.pool.client import Lease, Reply, WorkerPool
-from gateway.pool.scheduler import LISTED_UNDER, RequestInfo, WorkerState
+from gateway.pool.scheduler import RequestInfo, WorkerState
 from gateway.providers.base import (
+    Capabilities,
     ChatCall,
     EmbedCall,
     EmbedResult,
@@ -25,74 +26,16 @@ from gateway.providers.base import (
     ModelType,
     ProviderState,
     ProviderStatus,
+    Unload,
 )
+from gateway.providers.collect import complete_from_stream
 from protocol.codec import MalformedFrame, frame_to_vectors
-from protocol.messages import Chunk, Embed, ErrorCode, Final, Generate, SamplingParams, Unload, Usage
+from protocol.local import listed_under
+from protocol.messages import Chunk, Embed, ErrorCode, Final, Generate, Usage
+from protocol.messages import Unload as UnloadMessage
 
 # How often a request whose worker died before answering is sent to another worker.
 MAX_FAILOVERS = 2
-_FLOAT_PARAMS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty")
-
-
-def _number(body: dict[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(f"{name} must be a number.", param=name)
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise bad_request(f"{name} must be an integer.", param=name)
-        return int(value)
-    return float(value)
-
-
-def sampling_params(body: dict[str, Any]) -> SamplingParams:
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise bad_request("max_tokens must be a positive integer.", param="max_tokens")
-    stop = body.get("stop")
-    if stop is None:
-        stops: list[str] = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = list(stop)
-    else:
-        raise bad_request("stop must be a string or a list of strings.", param="stop")
-    bias = body.get("logit_bias") or {}
-    if not isinstance(bias, dict):
-        raise bad_request("logit_bias must be an object of token id -> bias.", param="logit_bias")
-    values: dict[str, Any] = {name: _number(body, name, float) for name in _FLOAT_PARAMS}
-    return SamplingParams(
-        max_tokens=max_tokens,
-        top_k=_number(body, "top_k", int),
-        seed=_number(body, "seed", int),
-        stop=stops,
-        logit_bias={str(k): float(v) for k, v in bias.items()},
-        **values,
-    )
-
-
-def generate_message(call: ChatCall, request_id: str) -> Generate:
-    body = call.body
-    tools = body.get("tools") or []
-    response_format = body.get("response_format")
-    if response_format is not None and not isinstance(response_format, dict):
-        raise bad_request("response_format must be an object.", param="response_format")
-    cache_key = body.get("prompt_cache_key")
-    return Generate(
-        request_id=request_id,
-        messages=list(body.get("messages") or []),
-        params=sampling_params(body),
-        tools=list(tools) if isinstance(tools, list) else [],
-        tool_choice=body.get("tool_choice"),
-        response_format=response_format,
-        prompt_cache_key=cache_key if isinstance(cache_key, str) and cache_key else None,
-        thinking=call.thinking,
-    )
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
@@ -104,26 +47,12 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _merge_tool_calls(into: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
-    """Assemble streamed tool-call deltas (OpenAI shape) into whole calls, by index."""
-    for delta in deltas:
-        index = delta.get("index", len(into))
-        while len(into) <= index:
-            into.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        call = into[index]
-        if delta.get("id"):
-            call["id"] = delta["id"]
-        function = delta.get("function") or {}
-        if function.get("name"):
-            call["function"]["name"] += function["name"]
-        if function.get("arguments"):
-            call["function"]["arguments"] += function["arguments"]
-
-
 class LocalProvider:
-    """Provider over local workers; ``live_status`` keeps the registry from caching its status."""
+    """Provider over local workers. Whether a model can chat, embed or see is its worker's to say
+    (Ready.capabilities, checked per request); the provider offers every door to them."""
 
-    live_status = True
+    capabilities = Capabilities(vision=False, embeddings=True, prompt_cache=True, unload=Unload.FREE,
+                                live_status=True)
 
     def __init__(self, name: str, pool: WorkerPool, config: GatewayConfig) -> None:
         self.name = name
@@ -165,7 +94,7 @@ class LocalProvider:
         """The worker's Chunk messages then its Final; aborts in the worker when closed early."""
         self._check_capability(call.model, "chat")
         request_id = self._request_id(call.request_id)
-        message = generate_message(call, request_id)
+        message = call.request.to_generate(request_id)
         timeout = self._timeout(call)
         for attempt in range(MAX_FAILOVERS + 1):
             lease = await self._lease(call.model, request_id, message)
@@ -187,7 +116,7 @@ class LocalProvider:
                     if isinstance(reply.message, Chunk):
                         yield reply.message
 
-    async def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, call: ChatCall, with_usage: bool) -> AsyncIterator[dict[str, Any]]:
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
 
@@ -211,59 +140,34 @@ class LocalProvider:
                     if message.text:
                         delta["content"] = message.text
                     if message.tool_calls:
-                        delta["tool_calls"] = message.tool_calls
+                        delta["tool_calls"] = [self._with_id(fragment) for fragment in message.tool_calls]
                     if delta:
                         yield chunk(delta)
                 else:
                     yield chunk({}, str(message.finish_reason))
-                    if call.include_usage:
+                    if with_usage:
                         yield {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                                "model": call.requested_model, "system_fingerprint": None, "choices": [],
                                "usage": usage_json(message.usage)}
         finally:
             await replies.aclose()  # type: ignore[attr-defined]
 
+    @staticmethod
+    def _with_id(fragment: dict[str, Any]) -> dict[str, Any]:
+        """A tool call's first fragment carries its name; give it an id if the worker sent none."""
+        if (fragment.get("function") or {}).get("name") and not fragment.get("id"):
+            return {**fragment, "id": f"call_{fragment.get('index', 0)}_{secrets.token_hex(6)}"}
+        return fragment
+
+    def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        return self._chunks(call, call.include_usage)
+
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        text: list[str] = []
-        reasoning: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
-        final: Final | None = None
-        replies = self._replies(call)
-        try:
-            async for message in replies:
-                if isinstance(message, Chunk):
-                    text.append(message.text)
-                    reasoning.append(message.reasoning)
-                    _merge_tool_calls(tool_calls, message.tool_calls)
-                else:
-                    final = message
-        finally:
-            await replies.aclose()  # type: ignore[attr-defined]
-        if final is None:
-            raise GatewayError(502, "The worker ended the request without an answer.", type="server_error")
-        content = "".join(text)
-        answer: dict[str, Any] = {"role": "assistant", "content": content if content or not tool_calls else None}
-        if any(reasoning):
-            answer["reasoning_content"] = "".join(reasoning)
-        if tool_calls:
-            for index, tool_call in enumerate(tool_calls):
-                tool_call["id"] = tool_call["id"] or f"call_{index}_{secrets.token_hex(6)}"
-            answer["tool_calls"] = tool_calls
-        return {
-            "id": "chatcmpl-" + secrets.token_hex(12),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": call.requested_model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": answer, "logprobs": None, "finish_reason": str(final.finish_reason)}],
-            "usage": usage_json(final.usage),
-        }
+        return await complete_from_stream(self._chunks(call, True))
 
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
-        if call.token_ids is not None:
-            raise bad_request(f"The model '{self.name}/{call.model}' takes text inputs, not token ids.", param="input")
         self._check_capability(call.model, "embeddings")
         request_id = self._request_id(call.request_id)
         message = Embed(request_id=request_id, texts=call.texts, dimensions=call.dimensions, truncate=call.truncate)
@@ -293,8 +197,7 @@ class LocalProvider:
     # ------------------------------------------------------------------ discovery and control
 
     def _workers(self) -> list[WorkerState]:
-        return [w for w in self.pool.scheduler.workers.values()
-                if LISTED_UNDER.get(w.ready.provider, w.ready.provider) == self.name]
+        return [w for w in self.pool.scheduler.workers.values() if listed_under(w.ready.provider) == self.name]
 
     async def status(self) -> ProviderStatus:
         workers = self._workers()
@@ -326,4 +229,4 @@ class LocalProvider:
         """Free the model in its workers; each reloads it on its next request (in order, after queued work)."""
         for worker in self.pool.live_workers():
             if worker.serves(self.name, model):
-                await self.pool.send(worker, Unload(request_id=""))
+                await self.pool.send(worker, UnloadMessage(request_id=""))

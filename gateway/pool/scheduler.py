@@ -18,18 +18,8 @@ from typing import Any
 
 from gateway.errors import GatewayError, model_not_found
 from gateway.pool.affinity import Affinity, Prefix, prefix_fingerprints
+from protocol.local import listed_under, provider_serves
 from protocol.messages import Ready
-
-# Worker provider (as in Ready) -> the provider it is listed under (conventions: "listed once").
-LISTED_UNDER = {"llamacpp": "llamacpp", "mlx": "mlx", "sentence-transformers": "huggingface"}
-LOCAL_PROVIDERS = ("llamacpp", "mlx", "huggingface")
-
-
-def provider_serves(requested: str, worker_provider: str) -> bool:
-    """``huggingface/<x>`` (the seed's spelling) also reaches a llama.cpp worker named <x>."""
-    if requested == worker_provider or LISTED_UNDER.get(worker_provider) == requested:
-        return True
-    return requested == "huggingface" and worker_provider in ("llamacpp", "sentence-transformers")
 
 
 @dataclass(eq=False)
@@ -181,7 +171,7 @@ class Scheduler:
         """Workers (live or not) serving this model; 404 when none ever did and none is expected."""
         found = [w for w in self.workers.values() if w.serves(provider, model)]
         if not found and not self._expected(provider, model):
-            live = sorted({f"{LISTED_UNDER.get(w.ready.provider, w.ready.provider)}/{w.ready.model}"
+            live = sorted({f"{listed_under(w.ready.provider)}/{w.ready.model}"
                            for w in self.workers.values() if w.alive})
             hint = f" Local models: {', '.join(live)}." if live else " No local worker is connected."
             raise model_not_found(f"The model '{provider}/{model}' does not exist: no local worker serves it.{hint}")

@@ -20,15 +20,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from gateway.config import WorkerSpec
-from workers.cli import default_name  # a pure function: no model library is imported
+from protocol.local import EXIT_LOAD_FAILED, SUPERVISOR_ENV, default_name
 
 log = logging.getLogger("acore.gateway")
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
-SUPERVISOR_ENV = "ACORE_SUPERVISED_BY"  # read by workers/cli.py
-LOAD_FAILED = 2  # acore-worker's exit status when the model cannot be loaded
 
 
 def worker_command(spec: WorkerSpec, endpoint: str) -> list[str]:
@@ -95,7 +93,7 @@ class Supervisor:
                 self._on_exit(proc.pid)
                 if self._stopping:
                     return
-                if code == LOAD_FAILED:
+                if code == EXIT_LOAD_FAILED:
                     self.failures[name] = f"it exited with status {code} (cannot load {spec.model}; see the gateway log)"
                     self._on_failure(name, self.failures[name])
                 else:

@@ -8,23 +8,31 @@ collected stream (``collect.py``), so both paths share one translation.
 
 from __future__ import annotations
 
-import asyncio
-import binascii
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, bad_request
-from gateway.providers.base import ChatCall, EmbedCall, EmbedResult, ModelInfo, ProviderState, ProviderStatus
+from gateway.errors import GatewayError, bad_request, from_media
+from gateway.providers.base import (
+    Capabilities,
+    ChatCall,
+    EmbedCall,
+    EmbedResult,
+    ModelInfo,
+    ProviderState,
+    ProviderStatus,
+)
 from gateway.providers.collect import complete_from_stream
-from gateway.providers.http import open_upstream, read_json, sse_data
+from gateway.providers.http import fetch_listing, open_call, parse_error_payload, sse_data
 from gateway.providers.translate import check_unsupported, image_part_url
-from gateway.thinking import anthropic_thinking
+from gateway.providers.upstream import Auth, UpstreamSettings, resolve, strip_v1
+from media.data_url import base64_image
+from media.errors import MediaError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -52,11 +60,10 @@ ERROR_TYPES = {
     "api_error": (502, "server_error"),
 }
 
-
-def _strip_v1(url: str) -> str:
-    """ANTHROPIC_BASE_URL is written without /v1; accept it with /v1 too."""
-    url = url.rstrip("/")
-    return url[:-3] if url.endswith("/v1") else url
+# Extended thinking budgets; "on" means the provider's sensible middle.
+THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384, "on": 4096}
+# Room left for the visible answer when max_tokens had to be raised above the budget.
+THINKING_ANSWER_ROOM = 4096
 
 
 # ---------------------------------------------------------------------- request translation
@@ -83,14 +90,10 @@ def _text_of(content: Any, where: str) -> str:
 def image_block(url: str) -> dict[str, Any]:
     """A data URL becomes a base64 source, an http(s) URL a url source (Anthropic fetches it)."""
     if url.startswith("data:"):
-        header, sep, data = url.partition(",")
-        if not sep or ";base64" not in header:
-            raise bad_request("Image data URLs must be base64 (data:image/png;base64,...).", param="messages")
-        media_type = header[5:].split(";", 1)[0] or "image/png"
         try:
-            binascii.a2b_base64(data[:64] + "=" * (-len(data[:64]) % 4))
-        except binascii.Error:
-            raise bad_request("Image data URL is not valid base64.", param="messages") from None
+            media_type, data = base64_image(url)
+        except MediaError as exc:
+            raise from_media(exc) from None
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
@@ -196,30 +199,29 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 def build_request(call: ChatCall) -> dict[str, Any]:
     """The Messages API request for a ChatCall (always streaming)."""
     check_unsupported(call, "anthropic")
-    body = call.body
-    system, messages = convert_messages(body.get("messages") or [])
+    chat = call.request
+    system, messages = convert_messages(chat.messages)
     if not messages:
         raise bad_request("anthropic needs at least one user or assistant message.", param="messages")
     request: dict[str, Any] = {"model": call.model, "messages": messages, "stream": True,
-                               "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens")
-                               or DEFAULT_MAX_TOKENS}
+                               "max_tokens": chat.token_limit or DEFAULT_MAX_TOKENS}
     if system:
         request["system"] = system
-    temperature = body.get("temperature")
+    temperature = chat.temperature
     if temperature is not None:
         if temperature > 1:  # OpenAI's range is 0-2, Anthropic's 0-1
             call.notices.append(f"temperature={temperature} clamped to 1 (anthropic's maximum)")
             temperature = 1.0
         request["temperature"] = temperature
-    for name in ("top_p", "top_k"):
-        if body.get(name) is not None:
-            request[name] = body[name]
-    stop = body.get("stop")
-    if stop:
-        request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if chat.top_p is not None:
+        request["top_p"] = chat.top_p
+    if chat.top_k is not None:
+        request["top_k"] = chat.top_k
+    if chat.stop_list:
+        request["stop_sequences"] = chat.stop_list
     tools = []
-    for tool in body.get("tools") or ():
-        function = tool.get("function") if isinstance(tool, dict) else None
+    for tool in chat.tools or ():
+        function = tool.get("function")
         if tool.get("type", "function") != "function" or not isinstance(function, dict):
             call.notices.append(f"tool of type {tool.get('type')!r} dropped (anthropic takes function tools)")
             continue
@@ -229,19 +231,41 @@ def build_request(call: ChatCall) -> dict[str, Any]:
         tools.append(entry)
     if tools:
         request["tools"] = tools
-        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        choice = _tool_choice(chat.tool_choice, chat.parallel_tool_calls)
         if choice is not None:
             request["tool_choice"] = choice
-    if isinstance(body.get("user"), str):
-        request["metadata"] = {"user_id": body["user"]}
-    if body.get("response_format") and (body["response_format"] or {}).get("type") != "text":
+    if isinstance(chat.user, str):
+        request["metadata"] = {"user_id": chat.user}
+    if chat.response_format and chat.response_format.get("type") != "text":
         call.notices.append("response_format is not enforced by anthropic")
     blocked = _thinking_blocked(request, messages) if call.thinking not in (None, "auto", "off") else None
     if blocked:
         call.notices.append(f"thinking off for this turn: {blocked}")
     else:
-        anthropic_thinking(call, request)
+        apply_thinking(call, request)
     return request
+
+
+def apply_thinking(call: ChatCall, request: dict[str, Any]) -> None:
+    """Set ``thinking: {type: enabled, budget_tokens}`` on a Messages API request.
+
+    Anthropic requires ``max_tokens`` above the budget and refuses sampling
+    overrides while thinking, so both are adjusted here and reported.
+    """
+    level = call.thinking
+    if level is None or level in ("auto", "off"):
+        return  # the Messages API thinks only when asked: off and auto (provider default) send nothing
+    budget = THINKING_BUDGETS[level]
+    request["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    max_tokens = int(request.get("max_tokens") or 0)
+    if max_tokens <= budget:
+        raised = budget + (max_tokens or THINKING_ANSWER_ROOM)
+        request["max_tokens"] = raised
+        call.notices.append(f"max_tokens raised to {raised} to fit thinking budget {budget}")
+    for name in ("temperature", "top_k"):
+        if name in request:
+            del request[name]
+            call.notices.append(f"{name} dropped: Anthropic does not accept it with thinking")
 
 
 def _thinking_blocked(request: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
@@ -284,15 +308,17 @@ def stream_error(provider: str, error: Any) -> GatewayError:
                         code=str(err_type) if err_type else None, headers=headers)
 
 
-def _remap_http_error(exc: GatewayError) -> GatewayError:
-    """open_upstream maps 5xx generically; Anthropic's 529 means overloaded -> 503 with Retry-After."""
-    if exc.type == "overloaded_error" or "(HTTP 529)" in exc.message:
-        headers = {"Retry-After": exc.headers.get("Retry-After", "1")}
+def map_http_error(status: int, payload: bytes, headers: Mapping[str, str]) -> GatewayError | None:
+    """Anthropic's own statuses: 529 (or overloaded_error) means overloaded -> 503 with Retry-After; a 404
+    names the model. Everything else takes the generic mapping."""
+    message, err_type, _param, _code = parse_error_payload(payload)
+    if status == 529 or err_type == "overloaded_error":
         return GatewayError(503, "anthropic is overloaded; retry later.", type="server_error",
-                            code="overloaded_error", headers=headers)
-    if exc.status == 404 and exc.type in ("not_found_error", "invalid_request_error"):
-        return GatewayError(404, exc.message, type="invalid_request_error", param="model", code="model_not_found")
-    return exc
+                            code="overloaded_error", headers={"Retry-After": headers.get("Retry-After", "1")})
+    if status == 404 and err_type in (None, "not_found_error", "invalid_request_error"):
+        return GatewayError(404, message or "anthropic rejected the request (HTTP 404).",
+                            type="invalid_request_error", param="model", code="model_not_found")
+    return None
 
 
 class _Translator:
@@ -368,63 +394,37 @@ class AnthropicProvider:
     """``anthropic/<model>`` over the Messages API."""
 
     name = "anthropic"
-    takes_base_url = True
-    requires_key = True
-    can_unload = False  # a hosted API: unload_after has nothing to free (reported as a notice)
+    capabilities = Capabilities(vision=True, client_base_url=True, requires_key=True)
 
     def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
-        settings = config.provider_settings(self.name)
         self._session = session
         self._limits = config.limits
-        self.base_url = _strip_v1(settings.base_url or DEFAULT_BASE_URL)
-        self.key_env = settings.api_key_env or "ANTHROPIC_API_KEY"
-        self._server_key = settings.api_key or config.env_value(self.key_env)
-
-    def _endpoint(self, call: ChatCall) -> tuple[str, str]:
-        """(base URL, key). The server key only goes to the configured URL or an allowlisted one."""
-        if call.base_url:
-            key = call.api_key or (self._server_key if call.base_url_trusted else None)
-            base = _strip_v1(call.base_url)
-        else:
-            key = call.api_key or self._server_key
-            base = self.base_url
-        if not key:
-            raise GatewayError(401, f"No API key for provider anthropic: set {self.key_env} in the gateway's "
-                                    "environment or send X-Provider-API-Key.", code="missing_api_key")
-        return base, key
-
-    def _headers(self, key: str) -> dict[str, str]:
-        return {"x-api-key": key, "anthropic-version": API_VERSION, "accept": "text/event-stream"}
-
-    def _timeouts(self, call: ChatCall) -> dict[str, float]:
-        first = call.timeout_s if call.timeout_s and call.timeout_s > 0 else self._limits.first_byte_timeout_s
-        return {"first_byte_timeout_s": first, "read_timeout_s": max(first, self._limits.stream_idle_timeout_s)}
+        self.settings = UpstreamSettings.from_config(
+            config, self.name, default_url=DEFAULT_BASE_URL, requires_key=True, auth=Auth.X_API_KEY,
+            headers={"anthropic-version": API_VERSION, "accept": "text/event-stream"}, normalise=strip_v1)
 
     async def _chunks(self, call: ChatCall, with_usage: bool) -> AsyncIterator[dict[str, Any]]:
         request = build_request(call)
-        base, key = self._endpoint(call)
+        upstream = resolve(self.settings, self._limits, api_key=call.api_key, base_url=call.base_url,
+                           trusted=call.base_url_trusted, timeout_s=call.timeout_s)
         translator = _Translator()
-        try:
-            async with open_upstream(self._session, self.name, "POST", f"{base}/v1/messages",
-                                     headers=self._headers(key), json_body=request,
-                                     **self._timeouts(call)) as response:
-                async for _event, data in sse_data(response, self.name):
-                    try:
-                        event = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        raise GatewayError(502, "Provider anthropic sent an invalid stream event.",
-                                           type="server_error") from None
-                    if not isinstance(event, dict):
-                        raise GatewayError(502, "Provider anthropic sent an invalid stream event.", type="server_error")
-                    if event.get("type") == "error":
-                        raise stream_error(self.name, event.get("error"))
-                    chunk = translator.handle(event)
-                    if chunk is not None:
-                        yield chunk
-                    if translator.stopped:
-                        break
-        except GatewayError as exc:
-            raise _remap_http_error(exc) from None
+        async with open_call(self._session, self.name, "POST", upstream, "/v1/messages", json_body=request,
+                             map_error=map_http_error) as response:
+            async for _event, data in sse_data(response, self.name):
+                try:
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise GatewayError(502, "Provider anthropic sent an invalid stream event.",
+                                       type="server_error") from None
+                if not isinstance(event, dict):
+                    raise GatewayError(502, "Provider anthropic sent an invalid stream event.", type="server_error")
+                if event.get("type") == "error":
+                    raise stream_error(self.name, event.get("error"))
+                chunk = translator.handle(event)
+                if chunk is not None:
+                    yield chunk
+                if translator.stopped:
+                    break
         if not translator.stopped:
             raise GatewayError(502, "Provider anthropic ended the stream without message_stop.", type="server_error")
         if with_usage:
@@ -441,19 +441,11 @@ class AnthropicProvider:
                                 "Anthropic has no embeddings API.", param="model", code="embeddings_not_supported")
 
     async def status(self) -> ProviderStatus:
-        if not self._server_key:
-            return ProviderStatus(ProviderState.NO_API_KEY, detail=f"set {self.key_env}")
-        try:
-            async with open_upstream(self._session, self.name, "GET", f"{self.base_url}/v1/models?limit=1000",
-                                     headers=self._headers(self._server_key),
-                                     first_byte_timeout_s=self._limits.models_timeout_s,
-                                     read_timeout_s=self._limits.models_timeout_s) as response:
-                data = await asyncio.wait_for(read_json(response, self.name), self._limits.models_timeout_s)
-        except GatewayError as exc:
-            state = ProviderState.NO_API_KEY if exc.status in (401, 403) else ProviderState.UNREACHABLE
-            return ProviderStatus(state, detail=exc.message)
-        except TimeoutError:
-            return ProviderStatus(ProviderState.UNREACHABLE, detail="timed out listing models")
+        if not self.settings.server_key:
+            return ProviderStatus(ProviderState.NO_API_KEY, detail=f"set {self.settings.key_env}")
+        data, failed = await fetch_listing(self._session, self.settings, self._limits, "/v1/models?limit=1000")
+        if failed is not None:
+            return failed
         models = [ModelInfo(id=item["id"], owned_by="anthropic",
                             extra={"display_name": item["display_name"]} if item.get("display_name") else {})
                   for item in (data.get("data") if isinstance(data, dict) else None) or ()
@@ -461,4 +453,4 @@ class AnthropicProvider:
         return ProviderStatus(ProviderState.AVAILABLE, models=tuple(models))
 
     async def unload(self, model: str, base_url: str | None) -> None:
-        """A hosted API holds no model for us: nothing to free."""
+        """Never called: a hosted API holds no model for us (capabilities.unload is NONE)."""

@@ -1,18 +1,48 @@
-"""The one small interface every provider implements.
+"""The one small interface every provider implements, and what each declares it can do.
 
-A provider turns the canonical request (the OpenAI chat shape) into its own
-wire format and back. Providers do no I/O at import and hold no global state;
-HTTP providers share the app's pooled ClientSession.
+A provider turns the canonical request (protocol.chat.ChatRequest, the OpenAI chat shape)
+into its own wire format and back. Providers do no I/O at import and hold no global state;
+HTTP providers share the app's pooled ClientSession. Routes and hooks never ask what a
+provider *is*: they read its ``capabilities``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import aiohttp
 import numpy as np
+
+from protocol.chat import ChatRequest
+
+
+class Unload(enum.StrEnum):
+    """What ``unload_after`` can do on a provider."""
+
+    NONE = "none"  # nothing to free (hosted APIs, OpenAI-compatible servers): reported as a notice
+    FREE = "free"  # the model is ours to free (local workers)
+    SHARED = "shared"  # frees it for every user of a shared server: only with the operator's opt-in
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider supports; the doors and hooks decide by these alone."""
+
+    stream: bool = True
+    tools: bool = True
+    vision: bool = False
+    embeddings: bool = False
+    embedding_token_ids: bool = False  # token-id arrays as embeddings input
+    prompt_cache: bool = False  # the /acore/prompt_cache control plane (local workers)
+    unload: Unload = Unload.NONE
+    client_base_url: bool = False  # a request may name its own base_url
+    requires_key: bool = False  # a client base_url then needs the client's own key
+    native_responses: bool = False  # has its own /v1/responses: the Responses door passes through
+    live_status: bool = False  # status changes by the second: never cache it
 
 
 @dataclass(slots=True)
@@ -23,20 +53,31 @@ class ChatCall:
     provider: str
     model: str  # the provider's own model id ("anthropic/claude-3.5" for openrouter)
     requested_model: str  # echoed back to the client as "model"
-    body: dict[str, Any]  # OpenAI chat body without gateway-only fields; unknown fields kept
-    stream: bool = False
+    request: ChatRequest
     api_key: str | None = None  # supplied by the client (body api_key or X-Provider-API-Key)
     base_url: str | None = None  # supplied by the client; already checked against the policy
     base_url_trusted: bool = False  # on the operator's allowlist: the server key may go there
-    thinking: str | None = None  # normalised: auto|on|off|low|medium|high
-    unload_after: bool = False
-    timeout_s: float | None = None
     notices: list[str] = field(default_factory=list)  # -> x-acore-notice response header
 
     @property
+    def stream(self) -> bool:
+        return bool(self.request.stream)
+
+    @property
     def include_usage(self) -> bool:
-        options = self.body.get("stream_options")
-        return bool(isinstance(options, dict) and options.get("include_usage"))
+        return self.request.include_usage
+
+    @property
+    def thinking(self) -> str | None:
+        return self.request.thinking_level
+
+    @property
+    def timeout_s(self) -> float | None:
+        return self.request.timeout_s
+
+    @property
+    def unload_after(self) -> bool:
+        return bool(self.request.unload_after)
 
 
 @dataclass(slots=True)
@@ -48,12 +89,11 @@ class EmbedCall:
     texts: list[str]
     dimensions: int | None = None
     truncate: bool = False
-    # Token-id inputs (OpenAI accepts them); only OpenAI-compatible upstreams take these, with texts empty.
+    # Token-id inputs (OpenAI accepts them); only providers with embedding_token_ids take these, texts empty.
     token_ids: list[list[int]] | None = None
     api_key: str | None = None
     base_url: str | None = None
     base_url_trusted: bool = False
-    body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -95,21 +135,35 @@ class Provider(Protocol):
     """Stream a chat, embed, list models. A new provider is one module implementing this."""
 
     name: str
+    capabilities: Capabilities
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         """A complete ``chat.completion`` object (``model`` is set by the caller)."""
         ...
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
-        """``chat.completion.chunk`` objects; raises GatewayError before or during the stream."""
+        """``chat.completion.chunk`` objects; raises GatewayError before or during the stream.
+
+        The first chunk's delta carries ``role``; nothing is sent before the upstream answered,
+        so an early failure keeps its HTTP status."""
         ...
 
-    async def embed(self, call: EmbedCall) -> EmbedResult: ...
+    async def embed(self, call: EmbedCall) -> EmbedResult:
+        """Only called when ``capabilities.embeddings``."""
+        ...
 
     async def status(self) -> ProviderStatus:
         """Probe the provider: its state and models (used by /v1/models and /providers)."""
         ...
 
     async def unload(self, model: str, base_url: str | None) -> None:
-        """Ask the provider to free a model (``unload_after``)."""
+        """Ask the provider to free a model (``unload_after``); only called when it can."""
+        ...
+
+
+class ResponsesProvider(Provider, Protocol):
+    """A provider with ``capabilities.native_responses``: it serves the Responses API itself."""
+
+    def responses(self, call: ChatCall, body: Mapping[str, Any]) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """POST /responses with ``body``; yields the response once its headers arrived with a 2xx status."""
         ...

@@ -9,30 +9,25 @@ OpenAI errors that name the provider.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
 
-from gateway.errors import GatewayError
+from gateway.config import Limits
+from gateway.errors import GatewayError, error_type
+from gateway.providers.base import ProviderState, ProviderStatus
+from gateway.providers.upstream import Upstream, UpstreamSettings, probe
 
-_PASSTHROUGH_4XX_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
+# A provider's own reading of an HTTP error (Anthropic's 529, Ollama's 404); None: the generic one.
+ErrorMapper = Callable[[int, bytes, Mapping[str, str]], "GatewayError | None"]
 
 
 def upstream_error(provider: str, status: int, payload: bytes, headers: Mapping[str, str]) -> GatewayError:
     """Map an upstream HTTP error to the client's error, keeping 4xx status and message."""
-    message, err_type, param, code = _parse_error_payload(payload)
+    message, err_type, param, code = parse_error_payload(payload)
     keep = {k: headers[k] for k in ("Retry-After", "retry-after-ms") if k in headers}
     if status in (429, 503):
         keep.setdefault("Retry-After", "1")
@@ -40,7 +35,7 @@ def upstream_error(provider: str, status: int, payload: bytes, headers: Mapping[
         return GatewayError(
             status,
             message or f"{provider} rejected the request (HTTP {status}).",
-            type=err_type or _PASSTHROUGH_4XX_TYPES.get(status, "invalid_request_error"),
+            type=err_type or error_type(status),
             param=param,
             code=code,
             headers=keep,
@@ -50,7 +45,7 @@ def upstream_error(provider: str, status: int, payload: bytes, headers: Mapping[
     return GatewayError(502, f"{provider} upstream error (HTTP {status}): {message or 'no detail'}", type="server_error", code=code, headers=keep)
 
 
-def _parse_error_payload(payload: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+def parse_error_payload(payload: bytes) -> tuple[str | None, str | None, str | None, str | None]:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -96,6 +91,7 @@ async def open_upstream(
     json_body: Any = None,
     first_byte_timeout_s: float,
     read_timeout_s: float,
+    map_error: ErrorMapper | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send a request and yield the response once its headers arrived with a 2xx status."""
     data = orjson.dumps(json_body) if json_body is not None else None
@@ -134,7 +130,8 @@ async def open_upstream(
                     code="upstream_redirect",
                 )
             payload = await _read_limited(response, 1 << 20)
-            raise upstream_error(provider, response.status, payload, response.headers)
+            mapped = map_error(response.status, payload, response.headers) if map_error is not None else None
+            raise mapped or upstream_error(provider, response.status, payload, response.headers)
         yield response
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise timeout_error(provider, "stalled while reading the response") from None
@@ -144,6 +141,16 @@ async def open_upstream(
         raise connection_error(provider, url, exc) from None
     finally:
         response.release()
+
+
+def open_call(session: aiohttp.ClientSession, provider: str, method: str, upstream: Upstream, path: str, *,
+              json_body: Any = None, headers: Mapping[str, str] | None = None,
+              map_error: ErrorMapper | None = None) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """``open_upstream`` for a resolved call: its URL, headers (plus ``headers``) and timeouts."""
+    return open_upstream(session, provider, method, upstream.base_url + path,
+                         headers={**upstream.headers, **(headers or {})}, json_body=json_body,
+                         first_byte_timeout_s=upstream.first_byte_timeout_s, read_timeout_s=upstream.read_timeout_s,
+                         map_error=map_error)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -236,3 +243,17 @@ async def ndjson_lines(response: aiohttp.ClientResponse, provider: str) -> Async
             yield orjson.loads(line)
         except orjson.JSONDecodeError:
             raise GatewayError(502, f"Provider {provider} sent an invalid JSON line.", type="server_error") from None
+
+
+async def fetch_listing(session: aiohttp.ClientSession, settings: UpstreamSettings, limits: Limits,
+                        path: str) -> tuple[Any, ProviderStatus | None]:
+    """GET a model listing at the configured endpoint: (decoded JSON, None), or (None, the failed status)."""
+    upstream = probe(settings, limits)
+    try:
+        async with open_call(session, settings.provider, "GET", upstream, path) as response:
+            return await asyncio.wait_for(read_json(response, settings.provider), upstream.read_timeout_s), None
+    except GatewayError as exc:
+        state = ProviderState.NO_API_KEY if exc.status in (401, 403) else ProviderState.UNREACHABLE
+        return None, ProviderStatus(state, detail=exc.message)
+    except TimeoutError:
+        return None, ProviderStatus(ProviderState.UNREACHABLE, detail="timed out listing models")

@@ -1,14 +1,15 @@
 """One adapter for every OpenAI-compatible vendor (OpenAI, OpenRouter, LM Studio, vLLM, any /v1 URL).
 
-The vendors differ only in data (presets.toml): base URL, auth style, key variable,
-and how `thinking` is expressed. The request body goes upstream unchanged apart
+The vendors differ only in data (presets.toml): base URL, auth style, whether a key is
+required, how `thinking` is expressed, whether they serve /v1/responses. The request
+body goes upstream as the client sent it (the canonical request's ``openai_body``) apart
 from ``model``; non-streaming answers are passed through, not rebuilt.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.providers.base import (
+    Capabilities,
     ChatCall,
     EmbedCall,
     EmbedResult,
@@ -27,8 +29,8 @@ from gateway.providers.base import (
     ProviderState,
     ProviderStatus,
 )
-from gateway.providers.http import open_upstream, read_json, sse_data
-from gateway.thinking import apply_thinking, normalize_reasoning_fields
+from gateway.providers.http import fetch_listing, open_call, read_json, sse_data
+from gateway.providers.upstream import Auth, Upstream, UpstreamSettings, resolve
 
 _EMBEDDING_HINTS = ("embed", "embedding", "bge-", "e5-", "minilm", "nomic-embed")
 
@@ -38,77 +40,82 @@ class Preset:
     name: str
     base_url: str | None = None
     auth: str = "bearer"
-    key_env: str | None = None
     requires_key: bool = False
     probe_default: bool = False
     thinking: str = "none"
+    responses: bool = False  # serves /v1/responses itself: the Responses door passes requests through
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where one call goes and with which key."""
+# ---------------------------------------------------------------------- thinking, reasoning fields
 
-    base_url: str
-    api_key: str | None
+
+def apply_thinking(call: ChatCall, body: dict[str, Any], style: str) -> None:
+    """Express ``call.thinking`` in an OpenAI-compatible body, by the preset's style."""
+    level = call.thinking
+    if level is None or level == "auto":
+        return
+    if style == "reasoning_effort":
+        if "reasoning_effort" in body:
+            return  # the client's own value wins
+        effort = {"on": "medium", "off": "minimal"}.get(level, level)
+        if effort != level:
+            call.notices.append(f"thinking={level} sent as reasoning_effort={effort}")
+        body["reasoning_effort"] = effort
+    elif style == "chat_template_kwargs":
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        kwargs["enable_thinking"] = level != "off"
+        body["chat_template_kwargs"] = kwargs
+        if level in ("low", "medium", "high"):
+            call.notices.append(f"thinking={level} sent as enable_thinking=true (no levels on this provider)")
+    else:
+        call.notices.append(f"thinking={level} ignored: provider {call.provider} has no thinking control")
+
+
+def normalize_reasoning(item: dict[str, Any]) -> None:
+    """Rename an upstream's ``reasoning`` field to ``reasoning_content`` in a message or delta."""
+    if "reasoning" in item:
+        value = item.pop("reasoning")
+        if isinstance(value, str) and not item.get("reasoning_content"):
+            item["reasoning_content"] = value
+
+
+def normalize_reasoning_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``normalize_reasoning`` to every choice of a chunk or a completion; returns it."""
+    for choice in payload.get("choices") or ():
+        if isinstance(choice, dict):
+            for key in ("delta", "message"):
+                part = choice.get(key)
+                if isinstance(part, dict):
+                    normalize_reasoning(part)
+    return payload
 
 
 class OpenAICompatibleProvider:
     def __init__(self, preset: Preset, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
-        settings = config.provider_settings(preset.name)
         self.name = preset.name
         self.preset = preset
         self._session = session
         self._limits = config.limits
-        self.base_url = (settings.base_url or preset.base_url or "").rstrip("/") or None
-        key_env = settings.api_key_env or preset.key_env
-        self.key_env = key_env
-        self._server_key = settings.api_key or config.env_value(key_env)
-        self.configured = bool(self.base_url) and (
-            preset.probe_default or bool(settings.base_url) or bool(self._server_key)
-        )
+        self.settings = UpstreamSettings.from_config(
+            config, preset.name, default_url=preset.base_url, requires_key=preset.requires_key,
+            auth=Auth(preset.auth), headers=preset.extra_headers)
+        self.capabilities = Capabilities(vision=True, embeddings=True, embedding_token_ids=True,
+                                         client_base_url=True, requires_key=preset.requires_key,
+                                         native_responses=preset.responses)
 
     # ------------------------------------------------------------------ plumbing
 
-    def endpoint(self, api_key: str | None, base_url: str | None, trusted: bool = False) -> Endpoint:
-        """Resolve URL and key. A server key only goes to the configured URL or an allowlisted one."""
-        if base_url:
-            # The client chose the URL (already checked by the base_url policy).
-            return Endpoint(base_url.rstrip("/"), api_key or (self._server_key if trusted else None))
-        if not self.base_url:
-            raise GatewayError(
-                400,
-                f"Provider {self.name} has no base URL: set {self._url_env()} or pass base_url.",
-                param="model",
-                code="provider_not_configured",
-            )
-        key = api_key or self._server_key
-        if not key and self.preset.requires_key:
-            raise GatewayError(
-                401,
-                f"No API key for provider {self.name}: set {self.key_env} in the gateway's environment "
-                "or send X-Provider-API-Key.",
-                code="missing_api_key",
-            )
-        return Endpoint(self.base_url, key)
+    def upstream(self, api_key: str | None, base_url: str | None, trusted: bool = False,
+                 timeout_s: float | None = None) -> Upstream:
+        return resolve(self.settings, self._limits, api_key=api_key, base_url=base_url, trusted=trusted,
+                       timeout_s=timeout_s)
 
-    def _url_env(self) -> str:
-        from gateway.config import PROVIDER_ENV
-
-        return PROVIDER_ENV.get(self.name, (None, None))[0] or f"[providers.{self.name}].base_url"
-
-    def headers(self, key: str | None) -> dict[str, str]:
-        headers = dict(self.preset.extra_headers)
-        if key and self.preset.auth == "bearer":
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _timeouts(self, call_timeout: float | None) -> dict[str, float]:
-        first = call_timeout if call_timeout and call_timeout > 0 else self._limits.first_byte_timeout_s
-        return {"first_byte_timeout_s": first, "read_timeout_s": max(first, self._limits.stream_idle_timeout_s)}
+    def _call_upstream(self, call: ChatCall) -> Upstream:
+        return self.upstream(call.api_key, call.base_url, call.base_url_trusted, call.timeout_s)
 
     def _body(self, call: ChatCall, stream: bool) -> dict[str, Any]:
-        body = dict(call.body)
+        body = call.request.openai_body()
         body["model"] = call.model
         if stream:
             body["stream"] = True
@@ -121,33 +128,20 @@ class OpenAICompatibleProvider:
     # ------------------------------------------------------------------ chat
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
-        endpoint = self.endpoint(call.api_key, call.base_url, call.base_url_trusted)
-        async with open_upstream(
-            self._session,
-            self.name,
-            "POST",
-            f"{endpoint.base_url}/chat/completions",
-            headers=self.headers(endpoint.api_key),
-            json_body=self._body(call, stream=False),
-            **self._timeouts(call.timeout_s),
-        ) as response:
+        upstream = self._call_upstream(call)
+        async with open_call(self._session, self.name, "POST", upstream, "/chat/completions",
+                             json_body=self._body(call, stream=False)) as response:
             data = await read_json(response, self.name)
         if not isinstance(data, dict) or "choices" not in data:
             raise GatewayError(502, f"Provider {self.name} sent a response without choices.", type="server_error")
         return normalize_reasoning_fields(data)
 
     async def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
-        endpoint = self.endpoint(call.api_key, call.base_url, call.base_url_trusted)
+        upstream = self._call_upstream(call)
         saw_finish = False
-        async with open_upstream(
-            self._session,
-            self.name,
-            "POST",
-            f"{endpoint.base_url}/chat/completions",
-            headers=self.headers(endpoint.api_key),
-            json_body=self._body(call, stream=True),
-            **self._timeouts(call.timeout_s),
-        ) as response:
+        first = True
+        async with open_call(self._session, self.name, "POST", upstream, "/chat/completions",
+                             json_body=self._body(call, stream=True)) as response:
             async for _event, data in sse_data(response, self.name):
                 try:
                     chunk = orjson.loads(data)
@@ -160,30 +154,38 @@ class OpenAICompatibleProvider:
                     message = error.get("message") if isinstance(error, dict) else str(error)
                     raise GatewayError(502, f"Provider {self.name} failed mid-stream: {message}", type="server_error")
                 for choice in chunk.get("choices") or ():
-                    if isinstance(choice, dict) and choice.get("finish_reason"):
-                        saw_finish = True
+                    if isinstance(choice, dict):
+                        if choice.get("finish_reason"):
+                            saw_finish = True
+                        if first:
+                            # Some servers omit the role on the first delta; OpenAI clients read it there.
+                            delta = choice.get("delta")
+                            if isinstance(delta, dict) and "role" not in delta:
+                                delta["role"] = "assistant"
+                if chunk.get("choices"):
+                    first = False
                 yield normalize_reasoning_fields(chunk)
         if not saw_finish:
             # e.g. llama-cpp-python's server ends an interrupted stream with [DONE] and no finish_reason.
             raise GatewayError(502, f"Provider {self.name} ended the stream without a finish_reason.", type="server_error")
 
+    # ------------------------------------------------------------------ responses (native_responses presets)
+
+    def responses(self, call: ChatCall, body: Mapping[str, Any]) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """POST /v1/responses with ``body`` as given (the door rewrote only model and extensions)."""
+        accept = {"Accept": "text/event-stream"} if call.stream else {}
+        return open_call(self._session, self.name, "POST", self._call_upstream(call), "/responses", json_body=body,
+                         headers=accept)
+
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
-        endpoint = self.endpoint(call.api_key, call.base_url, call.base_url_trusted)
+        upstream = self.upstream(call.api_key, call.base_url, call.base_url_trusted)
         inputs: list[Any] = call.token_ids if call.token_ids is not None else call.texts
         body: dict[str, Any] = {"model": call.model, "input": inputs, "encoding_format": "float"}
         if call.dimensions is not None:
             body["dimensions"] = call.dimensions
-        async with open_upstream(
-            self._session,
-            self.name,
-            "POST",
-            f"{endpoint.base_url}/embeddings",
-            headers=self.headers(endpoint.api_key),
-            json_body=body,
-            **self._timeouts(None),
-        ) as response:
+        async with open_call(self._session, self.name, "POST", upstream, "/embeddings", json_body=body) as response:
             data = await read_json(response, self.name)
         try:
             items = sorted(data["data"], key=lambda item: item["index"])
@@ -198,27 +200,14 @@ class OpenAICompatibleProvider:
     # ------------------------------------------------------------------ discovery
 
     async def status(self) -> ProviderStatus:
-        if not self.base_url:
-            return ProviderStatus(ProviderState.NOT_CONFIGURED, detail=f"set {self._url_env()}")
-        if self.preset.requires_key and not self._server_key:
-            return ProviderStatus(ProviderState.NO_API_KEY, detail=f"set {self.key_env}")
-        try:
-            async with open_upstream(
-                self._session,
-                self.name,
-                "GET",
-                f"{self.base_url}/models",
-                headers=self.headers(self._server_key),
-                first_byte_timeout_s=self._limits.models_timeout_s,
-                read_timeout_s=self._limits.models_timeout_s,
-            ) as response:
-                data = await asyncio.wait_for(read_json(response, self.name), self._limits.models_timeout_s)
-        except GatewayError as exc:
-            if exc.status in (401, 403):
-                return ProviderStatus(ProviderState.NO_API_KEY, detail=exc.message)
-            return ProviderStatus(ProviderState.UNREACHABLE, detail=exc.message)
-        except TimeoutError:
-            return ProviderStatus(ProviderState.UNREACHABLE, detail="timed out listing models")
+        settings = self.settings
+        if not settings.base_url:
+            return ProviderStatus(ProviderState.NOT_CONFIGURED, detail=f"set {settings.url_setting}")
+        if settings.requires_key and not settings.server_key:
+            return ProviderStatus(ProviderState.NO_API_KEY, detail=f"set {settings.key_env}")
+        data, failed = await fetch_listing(self._session, settings, self._limits, "/models")
+        if failed is not None:
+            return failed
         models = []
         for item in (data.get("data") if isinstance(data, dict) else None) or ():
             if isinstance(item, dict) and isinstance(item.get("id"), str):
@@ -228,4 +217,5 @@ class OpenAICompatibleProvider:
         return ProviderStatus(ProviderState.AVAILABLE, models=tuple(models))
 
     async def unload(self, model: str, base_url: str | None) -> None:
-        """OpenAI-compatible servers have no standard unload; nothing to free here."""
+        """Never called: OpenAI-compatible servers have no standard unload (capabilities.unload is NONE)."""
+

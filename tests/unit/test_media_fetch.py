@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from media.data_url import decode_base64, decode_data_url
 from media.errors import MediaError
-from media.fetch import Fetcher, PinnedResolver, decode_base64, decode_data_url
+from media.fetch import Fetcher, PinnedResolver
 from media.policy import MediaPolicy
 
 ServerFactory = Callable[..., Awaitable[TestServer]]

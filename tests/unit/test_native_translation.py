@@ -8,17 +8,21 @@ from typing import Any
 
 import pytest
 
-from gateway.base_url_policy import check_base_url, host_address, parse_ipv4_loose
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
+from gateway.pipeline.base_url import check_base_url
 from gateway.providers import anthropic, ollama
 from gateway.providers.base import ChatCall
 from gateway.providers.collect import collect_chunks
-from gateway.thinking import normalize_reasoning_fields
+from gateway.providers.openai_compat import normalize_reasoning_fields
+from media.netpolicy import host_address, parse_ipv4_loose
+from protocol.chat import parse_chat
 
 
 def call(body: dict[str, Any], thinking: str | None = None) -> ChatCall:
-    return ChatCall(request_id="r", provider="x", model="m", requested_model="x/m", body=body, thinking=thinking)
+    request = parse_chat(body)
+    request.thinking = thinking
+    return ChatCall(request_id="r", provider="x", model="m", requested_model="x/m", request=request)
 
 
 def test_anthropic_http_image_url_becomes_url_source() -> None:

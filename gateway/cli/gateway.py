@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib.util
 import logging
 import sys
 
-from aiohttp import web
-
 from gateway.app import create_app
+from gateway.cli.serve import config_secrets, install_event_loop, serve
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
-from gateway.logs import setup_logging
+from gateway.ops.logs import setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,42 +44,6 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         "default_embeddings": False if args.no_default_embeddings else None,
     }
     return load_config(config_file=args.config, overrides=overrides)
-
-
-def install_event_loop(choice: str) -> str:
-    """Use uvloop when available: its C transports halve the gateway's CPU per request and per
-    streamed chunk (see docs/benchmarks.md). ``--loop asyncio`` keeps the standard loop."""
-    if choice == "asyncio" or (choice == "auto" and importlib.util.find_spec("uvloop") is None):
-        return "asyncio"
-    try:
-        import uvloop
-    except ImportError:
-        print("acore-gateway: --loop uvloop needs the uvloop package (pip install uvloop)", file=sys.stderr)
-        raise SystemExit(2) from None
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
-
-
-def config_secrets(config: GatewayConfig) -> list[str]:
-    """Every key the configuration holds: the log formatter masks them wherever they appear."""
-    secrets = [*config.auth_keys]
-    for settings in config.providers.values():
-        secrets.append(settings.api_key or "")
-        secrets.append(config.env_value(settings.api_key_env) or "")
-    return secrets
-
-
-def serve(app: web.Application, config: GatewayConfig) -> None:
-    """Run an app built by create_app with the gateway's shutdown and cancellation settings."""
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.limits.shutdown_timeout_s,
-        handler_cancellation=True,  # a client that goes away cancels its upstream work at once
-        access_log=None,
-        print=lambda text: print(text, file=sys.stderr, flush=True),
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions, streaming (SSE) and not."""
+"""POST /v1/chat/completions, streaming (SSE) and not: the OpenAI chat door."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import chat
-from gateway.errors import GatewayError
-from gateway.routes.common import json_response, read_json_body, stream_events
-from gateway.sse import SSEWriter
+from gateway.doors.http import json_response, read_json_body, stream_events
+from gateway.doors.sse import SSEWriter
+from gateway.errors import GatewayError, invalid
+from gateway.pipeline import chat
+from protocol.chat import parse_chat
+from protocol.openai import RequestValidationError
 
 routes = web.RouteTableDef()
 
@@ -17,7 +19,11 @@ routes = web.RouteTableDef()
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json_body(request)
-    call = chat.prepare_chat(request.app, body, request.headers, request["request_id"])
+    try:
+        chat_request = parse_chat(body)
+    except RequestValidationError as exc:
+        raise invalid(exc) from None
+    call = chat.new_call(request.app, chat_request, request.headers, request["request_id"])
     request["log"].update(provider=call.provider, model=call.model, stream=call.stream)
     if not call.stream:
         result = await chat.complete(request.app, call)
@@ -42,3 +48,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         on_error=on_error,
         on_end=on_end,
     )
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)

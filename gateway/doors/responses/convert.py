@@ -14,15 +14,17 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import bad_request, from_media, invalid
 from media.attachments import responses_part_to_chat
 from media.errors import MediaError
+from protocol.chat import EXTENSION_FIELDS, ChatRequest, normalize_thinking
+from protocol.openai import RequestValidationError
 
-# Chat sampling fields a Responses client may send that mean the same on chat completions.
-_CHAT_PASSTHROUGH = ("seed", "stop", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                     "frequency_penalty", "logit_bias", "user", "prompt_cache_key", "metadata")
-# AbstractCore extension fields: prepare_chat reads them from the chat body.
-_EXTENSIONS = ("thinking", "api_key", "base_url", "unload_after", "timeout_s", "agent_format")
+# Chat fields a Responses client may send that mean the same on chat completions (typed and
+# checked by ResponsesRequest, so the canonical request takes them as they are).
+_CHAT_FIELDS = ("temperature", "top_p", "seed", "stop", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                "frequency_penalty", "logit_bias", "user", "prompt_cache_key", "metadata",
+                *sorted(EXTENSION_FIELDS - {"thinking"}))
 # Responses reasoning.effort → the `thinking` extension (the nearest level acore has).
 _EFFORT_TO_THINKING = {"none": "off", "minimal": "low", "low": "low", "medium": "medium", "high": "high",
                        "xhigh": "high", "max": "high"}
@@ -41,7 +43,7 @@ class ToolSpec:
 
 @dataclass(slots=True)
 class Converted:
-    body: dict[str, Any]  # the chat body for prepare_chat
+    request: ChatRequest  # the canonical chat request
     tools: dict[str, ToolSpec] = field(default_factory=dict)  # chat function name → Responses tool
     notices: list[str] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)  # this request's input, as Responses items
@@ -167,7 +169,7 @@ def _part(part: Any, notices: list[str]) -> dict[str, Any] | None:
         try:
             return responses_part_to_chat(part)
         except MediaError as exc:
-            raise GatewayError(exc.status, exc.message, param=exc.param or "input", code=exc.code) from None
+            raise from_media(exc, "input") from None
     if kind == "refusal":
         return {"type": "text", "text": str(part.get("refusal", ""))}
     if kind == "summary_text" or kind == "reasoning_text":
@@ -344,31 +346,27 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     if not messages.out:
         raise bad_request("The input holds no messages.", param="input")
 
-    chat: dict[str, Any] = {"messages": messages.out, "stream": True, "stream_options": {"include_usage": True}}
-    if body.get("model") is not None:
-        chat["model"] = body["model"]
+    chat = ChatRequest(messages=messages.out, model=body.get("model"), stream=True,
+                       stream_options={"include_usage": True})
     if tools.chat:
-        chat["tools"] = tools.chat
-        choice = _tool_choice(body.get("tool_choice"), tools, notices)
-        if choice is not None:
-            chat["tool_choice"] = choice
-        if body.get("parallel_tool_calls") is not None:
-            chat["parallel_tool_calls"] = body["parallel_tool_calls"]
-    max_tokens = body.get("max_output_tokens") or body.get("max_tokens")
-    if max_tokens is not None:
-        chat["max_tokens"] = max_tokens
-    for key in ("temperature", "top_p", *_CHAT_PASSTHROUGH, *_EXTENSIONS):
+        chat.tools = tools.chat
+        chat.tool_choice = _tool_choice(body.get("tool_choice"), tools, notices)
+        chat.parallel_tool_calls = body.get("parallel_tool_calls")
+    chat.max_tokens = body.get("max_output_tokens") or body.get("max_tokens")
+    for key in _CHAT_FIELDS:
         if body.get(key) is not None:
-            chat[key] = body[key]
-    response_format = _response_format(body.get("text"))
-    if response_format is not None:
-        chat["response_format"] = response_format
+            setattr(chat, key, body[key])
+    chat.response_format = _response_format(body.get("text"))
     reasoning = body.get("reasoning")
     effort = messages.effort or (reasoning.get("effort") if isinstance(reasoning, dict) else None)
-    if isinstance(effort, str) and "thinking" not in chat:
+    try:
+        chat.thinking = normalize_thinking(body.get("thinking"))
+    except RequestValidationError as exc:
+        raise invalid(exc) from None
+    if isinstance(effort, str) and chat.thinking is None:
         level = _EFFORT_TO_THINKING.get(effort)
         if level is None:
             notices.append(f"reasoning.effort={effort} is unknown here: ignored")
         else:
-            chat["thinking"] = level
-    return Converted(body=chat, tools=tools.specs, notices=notices, items=items, effort=effort)
+            chat.thinking = level
+    return Converted(request=chat, tools=tools.specs, notices=notices, items=items, effort=effort)

@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.chat import CALL_HOOKS
 from gateway.errors import GatewayError
 from gateway.keys import CONFIG, PROVIDERS
-from gateway.providers.base import ChatCall
-from gateway.providers.openai_compat import OpenAICompatibleProvider
+from gateway.pipeline.hooks import CALL_HOOKS
+from gateway.providers.base import ChatCall, Provider, Unload
 
 log = logging.getLogger("acore.gateway")
 UNLOAD_TIMEOUT_S = 30.0
@@ -42,13 +41,12 @@ class UnloadHook:
     async def before(self, app: web.Application, call: ChatCall) -> None:
         if not call.unload_after:
             return
-        provider = app[PROVIDERS].provider_for(call.provider)
-        # OpenAI-compatible servers have no standard unload; say so instead of pretending.
-        can_unload = getattr(provider, "can_unload", not isinstance(provider, OpenAICompatibleProvider))
-        if not can_unload:
+        unload = app[PROVIDERS].provider_for(call.provider).capabilities.unload
+        if unload is Unload.NONE:
+            # Hosted APIs and OpenAI-compatible servers have no unload; say so instead of pretending.
             call.notices.append(f"unload_after ignored: provider {call.provider} has no unload")
             return
-        if getattr(provider, "unload_needs_opt_in", False) and not app[CONFIG].allow_unsafe_unload_after:
+        if unload is Unload.SHARED and not app[CONFIG].allow_unsafe_unload_after:
             raise GatewayError(
                 403,
                 f"unload_after is refused for {call.provider}: unloading frees the model for every user of a shared "
@@ -71,9 +69,9 @@ class UnloadHook:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _unload(self, provider: object, call: ChatCall) -> None:
+    async def _unload(self, provider: Provider, call: ChatCall) -> None:
         try:
-            await asyncio.wait_for(provider.unload(call.model, call.base_url), UNLOAD_TIMEOUT_S)  # type: ignore[attr-defined]
+            await asyncio.wait_for(provider.unload(call.model, call.base_url), UNLOAD_TIMEOUT_S)
             log.info("unloaded %s/%s after %s", call.provider, call.model, call.request_id)
         except Exception as exc:  # the answer was served; a failed unload is logged, not raised
             log.warning("unload_after failed for %s/%s: %s", call.provider, call.model, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import sys
 import time
 from collections.abc import Iterable
@@ -12,8 +13,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from gateway.chat import new_request_id
 
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"),
@@ -61,6 +60,14 @@ def setup_logging(debug: bool, secrets: Iterable[str]) -> None:
 
 
 access_log = logging.getLogger("acore.access")
+
+
+def new_request_id(headers: Any) -> str:
+    """The client's x-request-id when it is a sane one, else a fresh id."""
+    given = headers.get("x-request-id", "")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return "req_" + secrets.token_hex(12)
 
 
 @web.middleware

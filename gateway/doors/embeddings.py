@@ -14,14 +14,12 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from gateway.base_url_policy import SETTING, check_base_url, provider_traits
-from gateway.chat import provider_key_from
-from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, bad_request
+from gateway.doors.http import read_json_body
+from gateway.errors import GatewayError, bad_request, invalid
 from gateway.keys import CONFIG, PROVIDERS
+from gateway.pipeline.base_url import check_client_base_url
+from gateway.pipeline.chat import provider_key_from
 from gateway.providers.base import EmbedCall, EmbedResult
-from gateway.providers.openai_compat import OpenAICompatibleProvider
-from gateway.routes.common import read_json_body
 from protocol.openai import EmbeddingsRequest, RequestValidationError, validate
 
 routes = web.RouteTableDef()
@@ -61,22 +59,6 @@ def _inputs(request: EmbeddingsRequest, limit: int) -> tuple[list[str], list[lis
     return [], token_ids
 
 
-def _apply_base_url_policy(config: GatewayConfig, provider_name: str, provider: object, base_url: str,
-                           api_key: str | None) -> tuple[str, bool]:
-    """The chat routes' base_url rules (gateway.base_url_policy), applied to an embeddings call:
-    returns the re-built URL and whether it is on the operator's allowlist (the only case where
-    the server's key may go there)."""
-    takes, requires_key = provider_traits(provider)
-    if not takes:
-        raise bad_request(f"Provider {provider_name} runs local workers and takes no base_url.", param="base_url")
-    checked = check_base_url(config, base_url)
-    if requires_key and not api_key and not checked.trusted:
-        raise bad_request(
-            f"base_url needs your own api_key for provider {provider_name}: the server's key is never sent to "
-            f"a client-supplied URL (unless the operator lists it in {SETTING}).", param="api_key")
-    return checked.url, checked.trusted
-
-
 def _embedding_items(vectors: np.ndarray, encoding: str) -> list[dict[str, Any]]:
     items = []
     if encoding == "base64":
@@ -106,7 +88,7 @@ async def embeddings(request: web.Request) -> web.Response:
     try:
         parsed = validate(body, EmbeddingsRequest)
     except RequestValidationError as exc:
-        raise bad_request(exc.message, param=exc.param) from None
+        raise invalid(exc) from None
     config = request.app[CONFIG]
     texts, token_ids = _inputs(parsed, config.limits.max_embedding_inputs)
     registry = request.app[PROVIDERS]
@@ -115,18 +97,18 @@ async def embeddings(request: web.Request) -> web.Response:
     count = len(token_ids) if token_ids is not None else len(texts)
     request["log"].update(provider=provider_name, model=model, inputs=count)
 
-    embed = getattr(provider, "embed", None)
-    if embed is None:
+    if not provider.capabilities.embeddings:
         raise bad_request(f"The model '{requested}' does not support embeddings.", param="model",
                           code="embeddings_not_supported")
-    if token_ids is not None and not isinstance(provider, OpenAICompatibleProvider):
+    if token_ids is not None and not provider.capabilities.embedding_token_ids:
         raise bad_request(f"The model '{requested}' takes text input only: send strings, not token ids "
                           "(token-id arrays are passed through only to OpenAI-compatible providers).",
                           param="input")
-    api_key = provider_key_from(request.headers, body)
+    api_key = provider_key_from(request.headers, parsed.api_key)
     base_url, trusted = None, False
     if parsed.base_url:
-        base_url, trusted = _apply_base_url_policy(config, provider_name, provider, parsed.base_url, api_key)
+        checked = check_client_base_url(config, provider_name, provider.capabilities, parsed.base_url, api_key)
+        base_url, trusted = checked.url, checked.trusted
     call = EmbedCall(
         request_id=request["request_id"],
         provider=provider_name,
@@ -139,13 +121,8 @@ async def embeddings(request: web.Request) -> web.Response:
         api_key=api_key,
         base_url=base_url,
         base_url_trusted=trusted,
-        body={k: v for k, v in body.items() if k not in ("api_key", "base_url", "truncate")},
     )
-    try:
-        result: EmbedResult = await embed(call)
-    except NotImplementedError:
-        raise bad_request(f"The model '{requested}' does not support embeddings.", param="model",
-                          code="embeddings_not_supported") from None
+    result: EmbedResult = await provider.embed(call)
     vectors = np.asarray(result.vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != count or vectors.shape[1] == 0:
         raise GatewayError(502, f"Provider {provider_name} returned {vectors.shape[0] if vectors.ndim else 0} "

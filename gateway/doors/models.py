@@ -1,4 +1,4 @@
-"""GET /v1/models (aggregated across providers), GET /providers, GET /health."""
+"""GET /v1/models (aggregated across providers), GET /v1/models/{id}, GET /providers."""
 
 from __future__ import annotations
 
@@ -6,19 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import bad_request
+from gateway.doors.http import json_response
+from gateway.errors import bad_request, model_not_found
 from gateway.keys import PROVIDERS
 from gateway.providers.base import ModelType
-from gateway.routes.common import json_response
 
 routes = web.RouteTableDef()
 
 _TYPES = {t.value: t for t in ModelType}
-
-
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "healthy"})
 
 
 @routes.get("/v1/models")
@@ -52,8 +47,6 @@ async def get_model(request: web.Request) -> web.Response:
         if info.id == name:
             return json_response({"id": f"{provider}/{name}", "object": "model", "created": 0,
                                   "owned_by": info.owned_by or provider, "type": info.type.value})
-    from gateway.errors import model_not_found
-
     raise model_not_found(f"The model '{wanted}' does not exist.")
 
 
@@ -74,3 +67,7 @@ async def list_providers(request: web.Request) -> web.Response:
         entry.update(status.extra)
         providers.append(entry)
     return json_response({"providers": providers, "total_providers": len(providers)})
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)

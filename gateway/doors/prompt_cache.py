@@ -17,13 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.doors.http import json_response, read_json_body
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.pool import POOL
 from gateway.pool.client import WorkerPool
-from gateway.pool.provider import LocalProvider
 from gateway.pool.scheduler import RequestInfo, WorkerState
-from gateway.routes.common import json_response, read_json_body
 from protocol.messages import CacheOp, Final
 
 routes = web.RouteTableDef()
@@ -36,11 +35,11 @@ _NAMESPACE_KEY = "\x00modules:"
 class _Target:
     """The local model a control-plane call addresses, and its live workers."""
 
-    def __init__(self, request: web.Request, provider: LocalProvider, model: str) -> None:
+    def __init__(self, request: web.Request, pool: WorkerPool, provider: str, model: str) -> None:
         self.request = request
         self.provider = provider
         self.model = model
-        self.pool: WorkerPool = provider.pool
+        self.pool = pool
         limits = request.app[CONFIG].limits
         self.wait_s = limits.first_byte_timeout_s
         self.idle_s = limits.stream_idle_timeout_s
@@ -50,7 +49,7 @@ class _Target:
         return self.pool.scheduler.affinity
 
     def live(self) -> list[WorkerState]:
-        return [w for w in self.pool.live_workers() if w.serves(self.provider.name, self.model)]
+        return [w for w in self.pool.live_workers() if w.serves(self.provider, self.model)]
 
     def owner(self, key: str) -> WorkerState | None:
         identity = self.affinity.owner(self.model, key)
@@ -61,7 +60,7 @@ class _Target:
                   worker: WorkerState | None = None) -> tuple[dict[str, Any], WorkerState]:
         """One CacheOp through a lease: to ``worker``, else to ``key``'s owner (or a new one for it)."""
         request_id = f"{self.request['request_id']}.{secrets.token_hex(3)}"
-        info = RequestInfo(request_id, self.provider.name, self.model, prompt_cache_key=key,
+        info = RequestInfo(request_id, self.provider, self.model, prompt_cache_key=key,
                            worker=worker.identity if worker is not None else None)
         # A lease waits for the worker's slot, so the operation runs in order with generation.
         lease = await self.pool.lease(info, self.wait_s)
@@ -122,14 +121,15 @@ async def _target(request: web.Request, model: Any) -> _Target | web.Response:
     registry = request.app[PROVIDERS]
     provider_name, name, requested = registry.resolve(model or None)
     provider = registry.provider_for(provider_name)
-    if not isinstance(provider, LocalProvider) or POOL not in request.app:
+    if not provider.capabilities.prompt_cache or POOL not in request.app:
         return unsupported(f"The provider '{provider_name}' has no prompt cache control plane here: "
-                           "it is available for local llamacpp and mlx workers.")
-    workers = provider.pool.scheduler.check_known(provider_name, name)  # 404 model_not_found
+                           "it is available for local worker models that keep one.")
+    pool = request.app[POOL].pool
+    workers = pool.scheduler.check_known(provider_name, name)  # 404 model_not_found
     live = [w for w in workers if w.alive]
     if live and not any(w.ready.capabilities.prompt_cache for w in live):
         return unsupported(f"The model '{requested}' ({live[0].ready.provider}) has no prompt cache.")
-    return _Target(request, provider, name)
+    return _Target(request, pool, provider_name, name)
 
 
 async def _body_target(request: web.Request) -> tuple[dict[str, Any], _Target | web.Response]:
