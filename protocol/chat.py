@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from protocol.messages import Generate, SamplingParams
 from protocol.openai import ChatCompletionRequest, ChatParams, RequestValidationError, validate
 
@@ -57,9 +59,8 @@ class ChatRequest(ChatParams, kw_only=True):
     def openai_body(self) -> dict[str, Any]:
         """The OpenAI chat body for an upstream: every field the client set, ours left out."""
         body = dict(self.extra)
-        for name in _FORWARDED:
-            value = getattr(self, name)
-            if value is not None:
+        for name, value in zip(_NAMES, msgspec.structs.astuple(self), strict=True):
+            if value is not None and name not in _NOT_FORWARDED:
                 body[name] = value
         return body
 
@@ -90,8 +91,9 @@ class ChatRequest(ChatParams, kw_only=True):
         )
 
 
-_FIELDS = frozenset(ChatRequest.__struct_fields__) - {"extra"}
-_FORWARDED = tuple(name for name in ChatRequest.__struct_fields__ if name not in EXTENSION_FIELDS and name != "extra")
+_NAMES = ChatRequest.__struct_fields__
+_FIELDS = frozenset(_NAMES) - {"extra"}
+_NOT_FORWARDED = EXTENSION_FIELDS | {"extra"}
 
 
 def normalize_thinking(value: Any) -> str | None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +26,6 @@ def start_fake(module: str, log_dir: Path, ready: str) -> Proc:
     port = free_port()
     return start(["-m", f"tests.fakes.{module}", "--port", str(port)], port=port, log_dir=log_dir,
                  name=module, ready_path=ready)
-
-
-def records(proc: Proc) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(proc.url + "/_requests", timeout=5) as response:
-        return json.loads(response.read())
-
-
-def clear(proc: Proc) -> None:
-    request = urllib.request.Request(proc.url + "/_requests", method="DELETE")
-    with urllib.request.urlopen(request, timeout=5):
-        pass
 
 
 def wait_for(predicate: Any, timeout: float = 5.0) -> Any:

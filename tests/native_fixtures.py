@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.native import Fakes, clear, native_env, start_fake
+from tests.http import clear_records
+from tests.native import Fakes, native_env, start_fake
 from tests.procs import Proc, start_gateway
 
 
@@ -34,6 +35,6 @@ def native_gateway(log_dir: Path, fakes: Fakes) -> Iterator[Proc]:
 
 @pytest.fixture()
 def fresh(fakes: Fakes) -> Fakes:
-    clear(fakes.anthropic)
-    clear(fakes.ollama)
+    clear_records(fakes.anthropic)
+    clear_records(fakes.ollama)
     return fakes

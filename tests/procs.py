@@ -8,11 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests import http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,13 +60,9 @@ def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout: float,
             log = log_path.read_text(errors="replace") if log_path else ""
             raise RuntimeError(f"process exited with {process.returncode} before answering {url}:\n{log[-4000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status < 500:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:
+            if http.get(url, timeout=1).status < 500:
                 return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        except OSError:  # refused, reset or timed out: not listening yet
             pass
         time.sleep(0.05)
     log = log_path.read_text(errors="replace") if log_path else ""

@@ -185,15 +185,16 @@ class ReasoningSplitter:
             return "", text
         self.pending += text
         if self.state == "start":
-            stripped = self.pending.lstrip()
-            if THINK_OPEN.startswith(stripped):
+            if not self.pending:
+                return "", ""
+            if THINK_OPEN.startswith(self.pending):
                 return "", ""  # still could be the opening tag
-            if not stripped.startswith(THINK_OPEN):
+            if not self.pending.startswith(THINK_OPEN):
                 self.state = "content"
                 out, self.pending = self.pending, ""
                 return "", out
             self.state = "inside"
-            self.pending = stripped[len(THINK_OPEN):]
+            self.pending = self.pending[len(THINK_OPEN):]
         end = self.pending.find(THINK_CLOSE)
         if end >= 0:
             reasoning, rest = self.pending[:end], self.pending[end + len(THINK_CLOSE):]

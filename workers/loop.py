@@ -197,7 +197,19 @@ class WorkerLoop:
                 self._send(sock, goodbye)
                 sock.close(linger=GOODBYE_LINGER_MS)  # long enough for the goodbye, never a hang
             pipe_in.close(linger=0)
+            self._deliver_pending()
         return 0
+
+    def _deliver_pending(self) -> None:
+        """Let ZeroMQ's IO thread send what is still queued (the Goodbyes) before the process exits.
+
+        close() only marks a socket for closing; the queued frames go out in the background until
+        the context terminates, and acore-worker ends with os._exit, which would drop them. term()
+        waits for that (bounded by each socket's linger), in a thread so that a model thread that
+        never stopped (and so never closed its pipe socket) cannot hang the exit."""
+        waiter = threading.Thread(target=self._ctx.term, name="zmq-term", daemon=True)
+        waiter.start()
+        waiter.join(GOODBYE_LINGER_MS / 1000 + 0.5)
 
     def _queued(self) -> int:
         return self._work.qsize() + len(self._held)

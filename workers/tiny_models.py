@@ -81,13 +81,15 @@ def write_tiny_gguf(
     zero_special_rows: bool = False,
     tools_template: bool = True,
     with_template: bool = True,
+    sampling: dict[str, float] | None = None,
 ) -> Path:
     """Write a tiny llama GGUF and return its path.
 
     ``zero_special_rows`` zeroes the output rows of byte-fallback and control tokens: their logit is
     then 0 while real pieces get random values, so greedy decoding never picks them in practice,
     never stops early and never emits incomplete UTF-8 (what a benchmark needs: every run reaches
-    max_tokens).
+    max_tokens). ``sampling`` writes the author's sampling defaults (general.sampling.*: temp, top_p,
+    top_k, min_p, penalty_repeat), as recent conversions carry them.
     """
     import gguf  # test/dev dependency only: the worker never needs it
 
@@ -126,6 +128,8 @@ def write_tiny_gguf(
     w.add_add_bos_token(False)
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
+    for key, value in (sampling or {}).items():
+        getattr(w, f"add_sampling_{key}")(int(value) if key == "top_k" else float(value))
     if with_template:  # False: an old-style conversion without one (tests the fallback)
         w.add_chat_template(CHATML_TOOLS_TEMPLATE if tools_template else CHATML_TEMPLATE)
 

@@ -10,18 +10,15 @@ The worker socket is derived from the endpoint's port, so it never clashes with 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.cli.serve import config_secrets, install_event_loop, serve
+from gateway.cli.serve import run
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.keys import PROVIDERS
-from gateway.ops.logs import setup_logging
 from gateway.providers.registry import ProviderRegistry
 from protocol.local import ENDPOINT_PROVIDERS, default_name, listed_under, resolve_engine
 
@@ -103,18 +100,12 @@ def create_endpoint_app(config: GatewayConfig) -> web.Application:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    install_event_loop("auto")
-    try:
-        config = build_config(args)
-        setup_logging(config.debug, config_secrets(config))
-        app = create_endpoint_app(config)
-    except ConfigError as exc:
-        print(f"acore-endpoint: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    provider, model = served_model(config.workers[0])
-    logging.getLogger("acore.gateway").info("acore-endpoint serving %s/%s on http://%s:%d", provider, model,
-                                            config.host, config.port)
-    serve(app, config)
+
+    def banner(config: GatewayConfig, _loop: str) -> str:
+        provider, model = served_model(config.workers[0])
+        return f"acore-endpoint serving {provider}/{model} on http://{config.host}:{config.port}"
+
+    run("acore-endpoint", "auto", lambda: build_config(args), create_endpoint_app, banner)
 
 
 if __name__ == "__main__":

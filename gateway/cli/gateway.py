@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from gateway.app import create_app
-from gateway.cli.serve import config_secrets, install_event_loop, serve
-from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
-from gateway.ops.logs import setup_logging
+from gateway.cli.serve import run
+from gateway.config import GatewayConfig, WorkerSpec, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,18 +45,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    loop_name = install_event_loop(args.loop)
-    try:
-        config = build_config(args)
-        setup_logging(config.debug, config_secrets(config))
-        app = create_app(config)
-    except ConfigError as exc:
-        print(f"acore-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    logging.getLogger("acore.gateway").info(
-        "acore-gateway listening on http://%s:%d (%s event loop)", config.host, config.port, loop_name
-    )
-    serve(app, config)
+    run("acore-gateway", args.loop, lambda: build_config(args), create_app,
+        lambda config, loop: f"acore-gateway listening on http://{config.host}:{config.port} ({loop} event loop)")
 
 
 if __name__ == "__main__":

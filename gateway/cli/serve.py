@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
+from gateway.ops.logs import setup_logging
 
 
 def install_event_loop(choice: str) -> str:
@@ -45,3 +48,18 @@ def serve(app: web.Application, config: GatewayConfig) -> None:
         access_log=None,
         print=lambda text: print(text, file=sys.stderr, flush=True),
     )
+
+
+def run(prog: str, loop: str, build_config: Callable[[], GatewayConfig],
+        build_app: Callable[[GatewayConfig], web.Application], banner: Callable[[GatewayConfig, str], str]) -> None:
+    """A command line's life: event loop, configuration (a ConfigError is one line and exit 2), logging, serve."""
+    loop_name = install_event_loop(loop)
+    try:
+        config = build_config()
+        setup_logging(config.debug, config_secrets(config))
+        app = build_app(config)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.getLogger("acore.gateway").info("%s", banner(config, loop_name))
+    serve(app, config)

@@ -14,13 +14,13 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from gateway.doors.http import read_json_body
-from gateway.errors import GatewayError, bad_request, invalid
+from gateway.doors.http import read_request
+from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.pipeline.base_url import check_client_base_url
 from gateway.pipeline.chat import provider_key_from
 from gateway.providers.base import EmbedCall, EmbedResult
-from protocol.openai import EmbeddingsRequest, RequestValidationError, validate
+from protocol.openai import EmbeddingsRequest
 
 routes = web.RouteTableDef()
 
@@ -84,11 +84,7 @@ def _truncate(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
 
 @routes.post("/v1/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
-    body = await read_json_body(request)
-    try:
-        parsed = validate(body, EmbeddingsRequest)
-    except RequestValidationError as exc:
-        raise invalid(exc) from None
+    _body, parsed = await read_request(request, EmbeddingsRequest)
     config = request.app[CONFIG]
     texts, token_ids = _inputs(parsed, config.limits.max_embedding_inputs)
     registry = request.app[PROVIDERS]

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from gateway.doors.sse import SSEWriter
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import GatewayError, bad_request, invalid
 from gateway.keys import CONFIG, STREAMS
+from protocol.openai import RequestValidationError, validate
 
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/octet-stream", "text/plain")
 BODY_READ_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 async def read_json_body(request: web.Request) -> dict[str, Any]:
@@ -41,6 +43,15 @@ async def read_json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     return body
+
+
+async def read_request(request: web.Request, request_type: type[T]) -> tuple[dict[str, Any], T]:
+    """The body, and the body validated as ``request_type`` (a 400 naming the parameter if not)."""
+    body = await read_json_body(request)
+    try:
+        return body, validate(body, request_type)
+    except RequestValidationError as exc:
+        raise invalid(exc) from None
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.errors import bad_request
 from gateway.keys import CONFIG, PROVIDERS
-from gateway.pipeline.hooks import hooks_around
+from gateway.pipeline.hooks import HooksAround
 from gateway.providers.base import ChatCall
 from gateway.providers.registry import Target
 from protocol.chat import ChatRequest
@@ -60,7 +60,7 @@ def new_call(app: web.Application, request: ChatRequest, headers: Mapping[str, s
 async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
     """Run a non-streaming chat; the answer's ``model`` is what the client asked for."""
     provider = app[PROVIDERS].provider_for(call.provider)
-    async with hooks_around(app, call):
+    async with HooksAround(app, call):
         result = await provider.chat(call)
     result["model"] = call.requested_model
     return result
@@ -69,7 +69,7 @@ async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
 async def stream(app: web.Application, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
     """Chunks as the provider produces them, ``model`` rewritten to what the client asked for."""
     provider = app[PROVIDERS].provider_for(call.provider)
-    async with hooks_around(app, call):
+    async with HooksAround(app, call):
         chunks = provider.chat_stream(call)
         requested = call.requested_model
         try:

@@ -153,18 +153,23 @@ class OpenAICompatibleProvider:
                     error = chunk["error"]
                     message = error.get("message") if isinstance(error, dict) else str(error)
                     raise GatewayError(502, f"Provider {self.name} failed mid-stream: {message}", type="server_error")
-                for choice in chunk.get("choices") or ():
-                    if isinstance(choice, dict):
+                # One pass over the choices (this is the hot loop of a streamed answer): note the finish,
+                # give the first delta its role (some servers omit it) and name reasoning reasoning_content.
+                choices = chunk.get("choices")
+                if choices:
+                    for choice in choices:
+                        if not isinstance(choice, dict):
+                            continue
                         if choice.get("finish_reason"):
                             saw_finish = True
-                        if first:
-                            # Some servers omit the role on the first delta; OpenAI clients read it there.
-                            delta = choice.get("delta")
-                            if isinstance(delta, dict) and "role" not in delta:
+                        delta = choice.get("delta")
+                        if isinstance(delta, dict):
+                            if first and "role" not in delta:
                                 delta["role"] = "assistant"
-                if chunk.get("choices"):
+                            if "reasoning" in delta:
+                                normalize_reasoning(delta)
                     first = False
-                yield normalize_reasoning_fields(chunk)
+                yield chunk
         if not saw_finish:
             # e.g. llama-cpp-python's server ends an interrupted stream with [DONE] and no finish_reason.
             raise GatewayError(502, f"Provider {self.name} ended the stream without a finish_reason.", type="server_error")

@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/bench/gateway_overhead.py            # full run (~2-3 minutes)
     .venv/bin/python scripts/bench/gateway_overhead.py --quick    # shorter windows
+    git worktree add /tmp/acore-before HEAD~1 && \
+      .venv/bin/python scripts/bench/gateway_overhead.py --baseline /tmp/acore-before   # vs the commit before
 
 Three processes on 127.0.0.1: a lean fake OpenAI upstream (a raw asyncio protocol with
 prebuilt answers, far faster than the gateway, so it is never the bottleneck; its own
@@ -221,6 +223,7 @@ class Cell:
     concurrency: int
     direct: list[Window] = field(default_factory=list)
     through: list[Window] = field(default_factory=list)
+    baseline: list[Window] = field(default_factory=list)  # --baseline: the same gateway from another checkout
 
 
 def med(windows: list[Window], metric: Callable[[Window], float]) -> float:
@@ -260,21 +263,50 @@ def report(cells: list[Cell], chunks: int) -> str:
     return "\n".join(rows)
 
 
+def comparison(cells: list[Cell], chunks: int) -> str:
+    """acore vs the --baseline checkout, measured in the same interleaved rounds."""
+    ms = 1000.0
+    rows = ["| mode | c | baseline req/s | acore req/s | acore / baseline | paired ratio (median of rounds) "
+            "| baseline added p50 ms | acore added p50 ms | baseline CPU µs/req | acore CPU µs/req |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        b_rps, a_rps = med(cell.baseline, lambda w: w.rps), med(cell.through, lambda w: w.rps)
+        d50 = med(cell.direct, lambda w: pct(w.latencies, 0.5))
+        b50 = med(cell.baseline, lambda w: pct(w.latencies, 0.5))
+        a50 = med(cell.through, lambda w: pct(w.latencies, 0.5))
+
+        def cpu(windows: list[Window]) -> float:
+            requests = sum(len(w.latencies) for w in windows)
+            return sum(w.cpu_s for w in windows) / requests * 1e6 if requests else float("nan")
+
+        # Each round ran both gateways back to back: the ratio within a round cancels slow drift of the machine.
+        paired = statistics.median(a.rps / b.rps for a, b in zip(cell.through, cell.baseline, strict=True) if b.rps)
+        mode = "non-stream" if cell.mode == "plain" else f"stream ({chunks} chunks)"
+        rows.append(f"| {mode} | {cell.concurrency} | {b_rps:,.0f} | {a_rps:,.0f} | {a_rps / b_rps:.2f} | {paired:.2f} "
+                    f"| {(b50 - d50) * ms:+.2f} | {(a50 - d50) * ms:+.2f} | {cpu(cell.baseline):.0f} "
+                    f"| {cpu(cell.through):.0f} |")
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------------------- orchestration
 
 
-def start(args: list[str], env: dict[str, str], port: int, path: str, log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], env: dict[str, str], port: int, path: str, log: Path,
+          cwd: Path = REPO) -> subprocess.Popen[bytes]:
     with log.open("wb") as handle:
-        process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{port}{path}", process, 60, log)
     return process
 
 
 async def bench(options: argparse.Namespace, fake_port: int, gateway_port: int, fake_pid: int,
-                gateway_pid: int) -> list[Cell]:
+                gateway_pid: int, baseline: tuple[int, int] | None = None) -> list[Cell]:
     servers = {"direct": psutil.Process(fake_pid), "through": psutil.Process(gateway_pid)}
     cells: list[Cell] = []
     targets: list[tuple[str, int, str]] = [("direct", fake_port, "bench"), ("through", gateway_port, "openai/bench")]
+    if baseline is not None:
+        servers["baseline"] = psutil.Process(baseline[1])
+        targets.append(("baseline", baseline[0], "openai/bench"))
     for mode in ("plain", "stream"):
         for concurrency in options.concurrency:
             cell = Cell(mode, concurrency)
@@ -286,7 +318,7 @@ async def bench(options: argparse.Namespace, fake_port: int, gateway_port: int, 
                     payload = build_request(port, model, mode == "stream")
                     window = await run_window(port, payload, mode == "stream", concurrency, options.seconds,
                                               servers[name])
-                    (cell.direct if name == "direct" else cell.through).append(window)
+                    {"direct": cell.direct, "through": cell.through, "baseline": cell.baseline}[name].append(window)
             print(f"  {mode:6} c={concurrency:<3} direct {med(cell.direct, lambda w: w.rps):8.0f} req/s   "
                   f"acore {med(cell.through, lambda w: w.rps):8.0f} req/s", file=sys.stderr)
     return cells
@@ -309,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="record the gateway with py-spy into OUT (.txt: collapsed stacks, .svg: flame graph, "
                              "else speedscope JSON)")
     parser.add_argument("--log-dir", default="/tmp", help="where the processes' logs go")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also run the gateway of another checkout (e.g. a git worktree of the commit before) in "
+                             "the same interleaved rounds, and report acore / baseline")
     options = parser.parse_args(argv)
     if options.serve_fake:
         serve_fake(options.serve_fake, options.chunks)
@@ -324,6 +359,14 @@ def main(argv: list[str] | None = None) -> None:
     gateway_env = base_env({"OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1", "OPENAI_API_KEY": "sk-bench"})
     gateway = start(["-m", "gateway", "--port", str(gateway_port), "--no-default-embeddings",
                      *options.gateway_args.split()], gateway_env, gateway_port, "/health", log_dir / "bench-gateway.log")
+    baseline = None
+    if options.baseline:
+        checkout = Path(options.baseline).resolve()
+        baseline_port = free_port()
+        baseline_env = {**gateway_env, "PYTHONPATH": str(checkout)}
+        baseline = start(["-m", "gateway", "--port", str(baseline_port), "--no-default-embeddings",
+                          *options.gateway_args.split()], baseline_env, baseline_port, "/health",
+                         log_dir / "bench-baseline.log", cwd=checkout)
     profiler = None
     try:
         if options.profile:
@@ -333,13 +376,14 @@ def main(argv: list[str] | None = None) -> None:
                                          "--rate", "250", "--nonblocking"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.monotonic()
-        cells = asyncio.run(bench(options, fake_port, gateway_port, fake.pid, gateway.pid))
+        cells = asyncio.run(bench(options, fake_port, gateway_port, fake.pid, gateway.pid,
+                                  (baseline_port, baseline.pid) if baseline is not None else None))
         took = time.monotonic() - started
     finally:
         if profiler is not None:
             profiler.send_signal(2)
             profiler.wait(30)
-        for process in (gateway, fake):
+        for process in (gateway, fake, *([baseline] if baseline is not None else [])):
             process.send_signal(2)
             try:
                 process.wait(10)
@@ -349,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f}; {options.rounds} rounds x {options.seconds:g} s "
           f"windows per side and cell; medians of the rounds; run took {took:.0f} s.\n")
     print(report(cells, options.chunks))
+    if baseline is not None:
+        print(f"\nSide by side with {options.baseline} (same rounds):\n")
+        print(comparison(cells, options.chunks))
 
 
 if __name__ == "__main__":

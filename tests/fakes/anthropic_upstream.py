@@ -23,14 +23,14 @@ Run standalone: python -m tests.fakes.anthropic_upstream --port N
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-RECORDS = web.AppKey("records", list[dict[str, Any]])
+from tests.fakes.base import make_app, record, serve_main
+
 TOOL_INPUT = '{"city": "Paris", "unit": "celsius"}'
 SIGNATURE = "EqQBCgIYAhIM"
 
@@ -95,8 +95,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 async def messages(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
-    record = {"path": request.path, "headers": dict(request.headers), "body": body}
-    request.app[RECORDS].append(record)
+    entry = record(request, body)
     model = str(body.get("model", ""))
     if request.headers.get("x-api-key") == "bad-key":
         return _error(401, "authentication_error", "invalid x-api-key")
@@ -183,13 +182,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
                                                       "usage": {"output_tokens": output_tokens}}))
         await response.write(_event("message_stop", {"type": "message_stop"}))
     except (asyncio.CancelledError, ConnectionResetError):
-        record["cancelled"] = True
+        entry["cancelled"] = True
         raise
     return response
 
 
 async def models(request: web.Request) -> web.Response:
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": None})
+    record(request, None)
     if request.headers.get("x-api-key") in (None, "bad-key"):
         return _error(401, "authentication_error", "invalid x-api-key")
     ids = ["claude-text", "claude-tool", "claude-think"]
@@ -198,32 +197,15 @@ async def models(request: web.Request) -> web.Response:
                               "has_more": False, "first_id": ids[0], "last_id": ids[-1]})
 
 
-async def get_records(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RECORDS])
-
-
-async def clear_records(request: web.Request) -> web.Response:
-    request.app[RECORDS].clear()
-    return web.json_response({"ok": True})
-
-
 def create_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[RECORDS] = []
-    app.router.add_post("/v1/messages", messages)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/_requests", get_records)
-    app.router.add_delete("/_requests", clear_records)
-    return app
+    return make_app(
+        web.post("/v1/messages", messages),
+        web.get("/v1/models", models),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9101)
-    args = parser.parse_args()
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None,
-                handler_cancellation=True)
+    serve_main(create_app, default_port=9101, handler_cancellation=True)
 
 
 if __name__ == "__main__":

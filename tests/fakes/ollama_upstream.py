@@ -20,14 +20,14 @@ Run standalone: python -m tests.fakes.ollama_upstream --port N
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-RECORDS = web.AppKey("records", list[dict[str, Any]])
+from tests.fakes.base import make_app, record, serve_main
+
 KNOWN = ("llama-text", "llama-tool", "llama-think", "llama-length", "llama-error", "llama-midstream",
          "llama-stall", "llama-slow", "llama-truncated")
 STAMP = "2025-01-01T00:00:00.000000Z"
@@ -48,8 +48,7 @@ def _done(model: str, reason: str = "stop") -> bytes:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
-    record = {"path": request.path, "headers": dict(request.headers), "body": body}
-    request.app[RECORDS].append(record)
+    entry = record(request, body)
     model = str(body.get("model", ""))
     if model not in KNOWN:
         return web.json_response({"error": f"model '{model}' not found"}, status=404)
@@ -100,14 +99,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 return response
         await response.write(_done(model, reason))
     except (asyncio.CancelledError, ConnectionResetError):
-        record["cancelled"] = True
+        entry["cancelled"] = True
         raise
     return response
 
 
 async def embed(request: web.Request) -> web.Response:
     body = await request.json()
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": body})
+    record(request, body)
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     vectors = [[((sum(map(ord, str(t))) * (i + 3)) % 17) / 17.0 + 0.01 for i in range(6)] for t in inputs]
     return web.json_response({"model": body.get("model"), "embeddings": vectors, "prompt_eval_count": 2 * len(inputs)})
@@ -115,7 +114,7 @@ async def embed(request: web.Request) -> web.Response:
 
 async def generate(request: web.Request) -> web.Response:
     body = await request.json()
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": body})
+    record(request, body)
     if body.get("keep_alive") == 0 and not body.get("prompt"):
         return web.json_response({"model": body.get("model"), "created_at": STAMP, "response": "", "done": True,
                                   "done_reason": "unload"})
@@ -123,7 +122,7 @@ async def generate(request: web.Request) -> web.Response:
 
 
 async def tags(request: web.Request) -> web.Response:
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": None})
+    record(request, None)
     models = [{"name": f"{m}:latest", "model": f"{m}:latest", "details": {"family": "llama", "families": ["llama"]}}
               for m in ("llama-text", "llama-tool")]
     models.append({"name": "nomic-embed-text:latest", "model": "nomic-embed-text:latest",
@@ -133,34 +132,17 @@ async def tags(request: web.Request) -> web.Response:
     return web.json_response({"models": models})
 
 
-async def get_records(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RECORDS])
-
-
-async def clear_records(request: web.Request) -> web.Response:
-    request.app[RECORDS].clear()
-    return web.json_response({"ok": True})
-
-
 def create_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[RECORDS] = []
-    app.router.add_post("/api/chat", chat)
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/generate", generate)
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/_requests", get_records)
-    app.router.add_delete("/_requests", clear_records)
-    return app
+    return make_app(
+        web.post("/api/chat", chat),
+        web.post("/api/embed", embed),
+        web.post("/api/generate", generate),
+        web.get("/api/tags", tags),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9102)
-    args = parser.parse_args()
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None,
-                handler_cancellation=True)
+    serve_main(create_app, default_port=9102, handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Run standalone: python -m tests.fakes.openai_upstream --port N
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from typing import Any
@@ -31,7 +30,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-RECORDS = web.AppKey("records", list[dict[str, Any]])
+from tests.fakes.base import make_app, record, serve_main
+
 STATS = web.AppKey("stats", dict[str, int])
 
 
@@ -82,7 +82,7 @@ TOOL_ARGS = '{"city": "Paris", "unit": "celsius"}'
 async def chat(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     body = orjson.loads(raw)
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": body})
+    record(request, body)
     model = str(body.get("model", ""))
     stream = bool(body.get("stream"))
 
@@ -209,7 +209,7 @@ def _responses_object(body: dict[str, Any], text: str, status: str, output: list
 async def responses(request: web.Request) -> web.StreamResponse:
     """OpenAI's /v1/responses for the passthrough: echo the input text; mid-error breaks off after one delta."""
     body = await request.json()
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": body})
+    record(request, body)
     model = str(body.get("model", ""))
     if model.startswith("error-"):
         status = int(model.split("-", 1)[1])
@@ -259,7 +259,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.Response:
     body = await request.json()
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": body})
+    record(request, body)
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = []
     for index, text in enumerate(inputs):
@@ -271,7 +271,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    request.app[RECORDS].append({"path": request.path, "headers": dict(request.headers), "body": None})
+    record(request, None)
     ids = ["echo", "tool", "text-embedding-3-small"]
     return web.json_response({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "fake"} for i in ids]})
 
@@ -280,35 +280,20 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
-async def get_records(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RECORDS])
-
-
-async def clear_records(request: web.Request) -> web.Response:
-    request.app[RECORDS].clear()
-    return web.json_response({"ok": True})
-
-
 def create_fake_openai_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[RECORDS] = []
+    app = make_app(
+        web.post("/v1/chat/completions", chat),
+        web.post("/v1/embeddings", embeddings),
+        web.post("/v1/responses", responses),
+        web.get("/v1/models", models),
+        web.get("/_stats", get_stats),
+    )
     app[STATS] = {"started": 0, "finished": 0, "aborted": 0, "open": 0}
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_post("/v1/responses", responses)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/_requests", get_records)
-    app.router.add_get("/_stats", get_stats)
-    app.router.add_delete("/_requests", clear_records)
     return app
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    args = parser.parse_args()
-    web.run_app(create_fake_openai_app(), host=args.host, port=args.port, access_log=None, print=None)
+    serve_main(create_fake_openai_app, default_port=9100)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ import time
 import openai
 import pytest
 
+from tests import http
 from tests.fakes.anthropic_upstream import SIGNATURE, TOOL_INPUT
+from tests.http import records
 from tests.native import (
     ANTHROPIC_KEY,
     CLIENT_KEY,
     Fakes,
     client,
-    records,
     wait_for,
 )
 from tests.procs import Proc
@@ -247,10 +248,7 @@ def test_client_disconnect_cancels_upstream(native_gateway: Proc, fresh: Fakes) 
 def test_models_and_providers_list_anthropic(native_gateway: Proc, fresh: Fakes) -> None:
     ids = {m.id for m in client(native_gateway).models.list()}
     assert {"anthropic/claude-text", "anthropic/claude-tool"} <= ids
-    import urllib.request
-
-    with urllib.request.urlopen(native_gateway.url + "/providers", timeout=10) as response:
-        providers = {p["name"]: p for p in json.loads(response.read())["providers"]}
+    providers = {p["name"]: p for p in http.get_json(native_gateway.url + "/providers", timeout=10)["providers"]}
     assert providers["anthropic"]["status"] == "available"
     models_hit = [r for r in records(fresh.anthropic) if r["path"] == "/v1/models"]
     assert not models_hit or models_hit[0]["headers"]["x-api-key"] == ANTHROPIC_KEY

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import base64
 import http.server as http_server
-import json
 import os
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,9 @@ from typing import Any
 import psutil
 import pytest
 
+from tests import http
 from tests import media_files as files
+from tests.http import clear_records, records
 from tests.procs import Proc, free_port, start_fake_openai, start_gateway
 
 FILES_HOST = "127.0.0.2"  # allowlisted in the gateway; 127.0.0.1 (the fake upstream) is not
@@ -105,33 +104,12 @@ def gw(log_dir: Path, upstream: Proc, root: Path) -> Iterator[Proc]:
     proc.stop()
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    text = raw.decode(errors="replace")
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
-
-
-def records(upstream: Proc) -> list[dict[str, Any]]:
-    return http("GET", upstream.url + "/_requests")[1]
-
-
-def clear(upstream: Proc) -> None:
-    http("DELETE", upstream.url + "/_requests")
-
-
 def chat(gw: Proc, content: Any, stream: bool = False) -> tuple[int, Any]:
-    return http("POST", gw.url + "/v1/chat/completions",
-                {"model": "openai/echo", "stream": stream, "messages": [{"role": "user", "content": content}]})
+    """POST one user message; the status and the JSON body (the text of a stream)."""
+    reply = http.post(gw.url + "/v1/chat/completions",
+                      {"model": "openai/echo", "stream": stream, "messages": [{"role": "user", "content": content}]},
+                      timeout=60)
+    return reply.status, reply.json_or_text()
 
 
 def forwarded_content(upstream: Proc) -> Any:
@@ -160,7 +138,7 @@ def file_part(data: bytes, name: str, mime: str = "application/octet-stream") ->
     (lambda: file_part(b"<inventory><item>anvil</item></inventory>", "i.xml"), "<item>anvil</item>"),
 ])
 def test_documents_reach_upstream_as_text(gw: Proc, upstream: Proc, part: Any, expected: str) -> None:
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [{"type": "text", "text": "summarise"}, part()])
     assert status == 200, body
     content = forwarded_content(upstream)
@@ -170,7 +148,7 @@ def test_documents_reach_upstream_as_text(gw: Proc, upstream: Proc, part: Any, e
 
 
 def test_image_reaches_upstream_as_normalised_data_url(gw: Proc, upstream: Proc) -> None:
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [{"type": "image_url", "image_url": {"url": data_url(files.png_bytes(4000, 100), "image/png")}}])
     assert status == 200, body
     url = forwarded_content(upstream)[0]["image_url"]["url"]
@@ -183,7 +161,7 @@ def test_image_reaches_upstream_as_normalised_data_url(gw: Proc, upstream: Proc)
 
 
 def test_at_paths_and_local_file_url(gw: Proc, upstream: Proc, root: Path) -> None:
-    clear(upstream)
+    clear_records(upstream)
     text = "Compare @report.docx with @deck.pptx and @book.xlsx, @paper.pdf; ping @app.get or ops@example.com"
     status, body = chat(gw, text)
     assert status == 200, body
@@ -194,7 +172,7 @@ def test_at_paths_and_local_file_url(gw: Proc, upstream: Proc, root: Path) -> No
         assert needle in joined
     assert len(content) == 5
 
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [{"type": "file", "file_url": {"url": str(root / "paper.pdf")}},
                              {"type": "image_url", "image_url": {"url": "pic.png"}}])
     assert status == 200, body
@@ -203,7 +181,7 @@ def test_at_paths_and_local_file_url(gw: Proc, upstream: Proc, root: Path) -> No
 
 
 def test_decorators_and_emails_untouched(gw: Proc, upstream: Proc) -> None:
-    clear(upstream)
+    clear_records(upstream)
     text = "@app.get('/x')\ndef f():  # mail admin@corp.example or @someone\n    return  @/etc/passwd  @../../x.txt"
     status, _ = chat(gw, text)
     assert status == 200
@@ -211,21 +189,21 @@ def test_decorators_and_emails_untouched(gw: Proc, upstream: Proc) -> None:
 
 
 def test_url_fetch_from_allowlisted_host(gw: Proc, upstream: Proc, files_server: str) -> None:
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [{"type": "file", "file_url": {"url": files_server + "/sales.csv"}}])
     assert status == 200, body
     assert "| Oslo | 77 |" in forwarded_content(upstream)[0]["text"]
 
 
 def test_streaming_chat_with_attachment(gw: Proc, upstream: Proc) -> None:
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [{"type": "text", "text": "go"}, file_part(b"alpha beta", "a.txt")], stream=True)
     assert status == 200 and "data: [DONE]" in body
     assert "alpha beta" in forwarded_content(upstream)[1]["text"]
 
 
 def test_streaming_refusal_keeps_http_status(gw: Proc, upstream: Proc) -> None:
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [{"type": "file", "file_url": {"url": "/etc/passwd"}}], stream=True)
     assert status == 403 and body["error"]["type"] == "permission_error"
     assert records(upstream) == []
@@ -279,27 +257,27 @@ def test_every_attack_is_refused_without_outbound_hits(gw: Proc, upstream: Proc,
     process = psutil.Process(gw.process.pid)
     failures = []
     for name, content, statuses in attacks(upstream.url, files_server, root):
-        clear(upstream)
+        clear_records(upstream)
         started = time.monotonic()
         status, body = chat(gw, content)
         elapsed = time.monotonic() - started
         hits = records(upstream)
         if status not in statuses or hits or elapsed > 15:
             failures.append((name, status, body, len(hits), round(elapsed, 2)))
-        assert http("GET", gw.url + "/health", timeout=5)[0] == 200, name
+        assert http.get(gw.url + "/health", timeout=5).status == 200, name
     assert failures == []
     assert process.memory_info().rss < 600 * 1024 * 1024  # bombs went off in children, not here
 
 
 def test_40mb_body_refused_and_still_serving(gw: Proc, upstream: Proc) -> None:
-    clear(upstream)
+    clear_records(upstream)
     payload = "A" * (40 * 1024 * 1024)
     status, _ = chat(gw, [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + payload}}])
     assert status == 413 and records(upstream) == []
-    assert http("GET", gw.url + "/health")[0] == 200
+    assert http.get(gw.url + "/health", timeout=60).status == 200
 
 
 def test_pdf_with_circular_xref_terminates(gw: Proc, upstream: Proc) -> None:
-    clear(upstream)
+    clear_records(upstream)
     status, body = chat(gw, [file_part(files.pdf_circular_xref(), "loop.pdf")])
     assert status in (200, 422), body

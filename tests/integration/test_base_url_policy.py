@@ -9,14 +9,13 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
+from tests.http import clear_records, records
 from tests.native import (
     ANTHROPIC_KEY,
     CLIENT_KEY,
     Fakes,
-    clear,
     client,
     native_env,
-    records,
 )
 from tests.procs import Proc, start_gateway
 
@@ -50,7 +49,7 @@ def all_headers(*procs: Proc) -> list[dict[str, str]]:
 
 
 def test_client_base_url_without_own_key_is_refused(policy_gateway: Proc, fresh: Fakes, fake_openai: Proc) -> None:
-    clear(fake_openai)
+    clear_records(fake_openai)
     api = client(policy_gateway)
     for model, url in [("anthropic/claude-text", fresh.anthropic.url), ("openai/echo", fake_openai.url + "/v1")]:
         with pytest.raises(openai.BadRequestError) as refused:
@@ -62,7 +61,7 @@ def test_client_base_url_without_own_key_is_refused(policy_gateway: Proc, fresh:
 
 def test_client_base_url_with_own_key_gets_only_that_key(policy_gateway: Proc, fresh: Fakes,
                                                          fake_openai: Proc) -> None:
-    clear(fake_openai)
+    clear_records(fake_openai)
     api = client(policy_gateway)
     result = api.chat.completions.create(model="anthropic/claude-text", messages=MESSAGES,
                                          extra_body={"base_url": fresh.anthropic.url, "api_key": CLIENT_KEY})

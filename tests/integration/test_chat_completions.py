@@ -7,16 +7,14 @@ recorded requests (GET /_requests) prove what went upstream.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
-from dataclasses import dataclass
-from email.message import Message
 from typing import Any
 
 import openai
 import pytest
 
+from tests import http
+from tests.http import Reply
 from tests.procs import Proc
 
 PROVIDERS = [
@@ -39,9 +37,7 @@ def marker() -> str:
 
 def upstream_record(fake: Proc, mark: str) -> dict[str, Any]:
     """The one request the fake upstream saw whose messages carry ``mark``."""
-    with urllib.request.urlopen(fake.url + "/_requests", timeout=10) as answer:
-        records = json.loads(answer.read())
-    found = [r for r in records if r["body"] and mark in json.dumps(r["body"].get("messages"))]
+    found = [r for r in http.records(fake) if r["body"] and mark in json.dumps(r["body"].get("messages"))]
     assert len(found) == 1, f"expected one upstream request carrying {mark}, found {len(found)}"
     return found[0]
 
@@ -77,34 +73,16 @@ def test_streaming_each_provider(gateway: Proc, fake_openai: Proc, model: str, u
     assert record["body"]["stream"] is True
 
 
-@dataclass
-class Answer:
-    status_code: int
-    headers: Message
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
 def post(proc: Proc, body: Any = None, *, content: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Answer:
-    """A raw POST /v1/chat/completions with urllib (no client library to trust)."""
-    data = content if content is not None else json.dumps(body).encode()
-    request = urllib.request.Request(proc.url + "/v1/chat/completions", data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return Answer(answer.status, answer.headers, answer.read().decode())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, exc.headers, exc.read().decode())
+         headers: dict[str, str] | None = None) -> Reply:
+    """A raw POST /v1/chat/completions (no client library to trust)."""
+    return http.post(proc.url + "/v1/chat/completions", body, content=content, headers=headers)
 
 
-def raw_stream(proc: Proc, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[Answer, list[str]]:
+def raw_stream(proc: Proc, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[Reply, list[str]]:
     """POST and return the response and its ``data:`` payloads, in order (the [DONE] included)."""
     response = post(proc, body, headers=headers)
-    events = [line[len("data: "):] for line in response.text.split("\n") if line.startswith("data: ")]
-    return response, events
+    return response, response.sse_data()
 
 
 def test_first_chunk_role_and_done(gateway: Proc) -> None:

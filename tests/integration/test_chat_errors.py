@@ -9,45 +9,26 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from tests import http
+from tests.http import Reply
 from tests.procs import Proc, free_port, start_gateway
 
 USER = [{"role": "user", "content": "x"}]
 
 
-@dataclass
-class Answer:
-    status_code: int
-    headers: Message
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
 def post(proc: Proc, body: Any = None, *, content: bytes | None = None,
-         headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
-    data = content if content is not None else json.dumps(body).encode()
-    request = urllib.request.Request(proc.url + "/v1/chat/completions", data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return Answer(answer.status, answer.headers, answer.read().decode())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, exc.headers, exc.read().decode())
+         headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+    return http.post(proc.url + "/v1/chat/completions", body, content=content, headers=headers, timeout=timeout)
 
 
-def error_of(answer: Answer) -> dict[str, Any]:
+def error_of(answer: Reply) -> dict[str, Any]:
     """The OpenAI error object, checked for shape; never a traceback."""
     assert "Traceback" not in answer.text and "<" not in answer.text[:1], answer.text
     data = answer.json()
@@ -61,10 +42,6 @@ def still_serving(proc: Proc) -> None:
     answer = post(proc, {"model": "openai/echo", "messages": [{"role": "user", "content": "alive?"}]})
     assert answer.status_code == 200, answer.text
     assert answer.json()["choices"][0]["message"]["content"] == "echo: alive?"
-
-
-def sse_events(answer: Answer) -> list[str]:
-    return [line[len("data: "):] for line in answer.text.split("\n") if line.startswith("data: ")]
 
 
 # ---------------------------------------------------------------- bad inputs (C1, C2, C4, C5)
@@ -198,15 +175,11 @@ def test_too_many_messages_is_400(gateway: Proc) -> None:
 
 
 def test_unknown_route_and_method(gateway: Proc) -> None:
-    request = urllib.request.Request(gateway.url + "/v1/nothing-here")
-    with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(request, timeout=10)
-    assert info.value.code == 404
-    request = urllib.request.Request(gateway.url + "/v1/chat/completions", method="GET")
-    with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(request, timeout=10)
-    assert info.value.code == 405
-    assert set(json.loads(info.value.read())["error"]) == {"message", "type", "param", "code"}
+    answer = http.get(gateway.url + "/v1/nothing-here", timeout=10)
+    assert answer.status == 404
+    answer = http.get(gateway.url + "/v1/chat/completions", timeout=10)
+    assert answer.status == 405
+    assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
 
 
 # ---------------------------------------------------------------- upstream faults (B2, B4)
@@ -260,7 +233,7 @@ def test_redirect_not_followed(gateway: Proc, fake_openai: Proc) -> None:
 def test_stream_failing_midway_ends_with_one_error_then_done(gateway: Proc, model: str) -> None:
     answer = post(gateway, {"model": f"openai/{model}", "messages": USER, "stream": True})
     assert answer.status_code == 200
-    events = sse_events(answer)
+    events = answer.sse_data()
     assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
     errors = [e for e in events[:-1] if "error" in json.loads(e)]
     assert len(errors) == 1 and errors[0] == events[-2]
@@ -273,7 +246,7 @@ def test_stream_ending_without_done_is_complete(gateway: Proc) -> None:
     """An upstream that closes the body after finish_reason but before [DONE] (seen in the wild)."""
     answer = post(gateway, {"model": "openai/no-done", "messages": USER, "stream": True}, timeout=10)
     assert answer.status_code == 200
-    events = sse_events(answer)
+    events = answer.sse_data()
     assert events[-1] == "[DONE]"
     assert not any("error" in json.loads(e) for e in events[:-1])
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
@@ -327,7 +300,7 @@ def test_stall_before_headers_is_504(short_timeouts: Proc) -> None:
 def test_stall_mid_stream_ends_with_error_event(short_timeouts: Proc) -> None:
     answer = post(short_timeouts, {"model": "openai/stall-mid", "messages": USER, "stream": True})
     assert answer.status_code == 200
-    events = sse_events(answer)
+    events = answer.sse_data()
     assert events[-1] == "[DONE]"
     errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
     assert len(errors) == 1 and "timed out" in errors[0]["message"]

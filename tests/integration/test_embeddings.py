@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,49 +24,24 @@ import openai
 import psutil
 import pytest
 
+from tests import http
+from tests.http import Headers, Reply, clear_records, records
 from tests.procs import Proc, free_port, start
 
 FAKE_MODEL = "openai/text-embedding-3-small"
 LOCAL_MODEL = "huggingface/sentence-transformers/all-MiniLM-L6-v2"
 
 
-@dataclass
-class Response:
-    status_code: int
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 60) -> Response:
-    """A plain HTTP call (urllib: no client library of our own to trust)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return Response(answer.status, answer.read().decode())
-    except urllib.error.HTTPError as exc:
-        return Response(exc.code, exc.read().decode())
-
-
-def post(url: str, body: Any) -> Response:
-    return http("POST", url + "/v1/embeddings", body)
-
-
-def records(fake: Proc) -> list[dict[str, Any]]:
-    return http("GET", fake.url + "/_requests").json()
-
-
-def clear_records(fake: Proc) -> None:
-    http("DELETE", fake.url + "/_requests")
+def post(url: str, body: Any) -> Reply:
+    """A raw POST /v1/embeddings (no client library to trust)."""
+    return http.post(url + "/v1/embeddings", body, timeout=60)
 
 
 def sdk(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def assert_error(response: Response, status: int, param: str | None = None, contains: str = "") -> dict[str, Any]:
+def assert_error(response: Reply, status: int, param: str | None = None, contains: str = "") -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) >= {"message", "type", "param", "code"}
@@ -161,7 +132,7 @@ def test_unknown_provider_is_404(gateway: Proc) -> None:
 
 
 def test_provider_without_embeddings_is_400_naming_the_model(gateway: Proc) -> None:
-    providers = http("GET", gateway.url + "/providers").json()["providers"]
+    providers = http.get(gateway.url + "/providers", timeout=60).json()["providers"]
     assert "anthropic" in {p["name"] for p in providers}
     error = assert_error(post(gateway.url, {"model": "anthropic/claude-x", "input": "x"}), 400, "model")
     assert "anthropic/claude-x" in error["message"]
@@ -189,9 +160,9 @@ def test_base_url_policy(gateway: Proc, fake_openai: Proc) -> None:
 # --------------------------------------------------------------------------- the embedded default
 
 
-def _embed_once(url: str) -> Response | None:
+def _embed_once(url: str) -> Reply | None:
     try:
-        return http("POST", url + "/v1/embeddings", {"model": LOCAL_MODEL, "input": "ready?"}, timeout=30)
+        return http.post(url + "/v1/embeddings", {"model": LOCAL_MODEL, "input": "ready?"}, timeout=30)
     except (OSError, ValueError):  # connection refused/reset while the gateway restarts a worker
         return None
 
@@ -237,7 +208,7 @@ def test_health_answers_while_the_model_loads(st_gateway: tuple[Proc, float, flo
 
 
 def test_models_lists_the_default_embeddings_model(local: Proc) -> None:
-    data = http("GET", local.url + "/v1/models?type=text-embedding").json()["data"]
+    data = http.get(local.url + "/v1/models?type=text-embedding", timeout=60).json()["data"]
     assert LOCAL_MODEL in [item["id"] for item in data]
     assert all(item.get("type") == "text-embedding" for item in data)
 
@@ -327,11 +298,11 @@ def test_worker_kill_gives_a_clean_error_then_recovers(local: Proc) -> None:
     # pool's idle timeout when the request fails over to the restarted worker on a loaded box.
     big = {"model": LOCAL_MODEL, "input": [f"sentence {i} " * 10 for i in range(512)], "encoding_format": "base64"}
 
-    async def send(session: aiohttp.ClientSession) -> Response:
+    async def send(session: aiohttp.ClientSession) -> Reply:
         async with session.post(local.url + "/v1/embeddings", json=big) as answer:
-            return Response(answer.status, await answer.text())
+            return Reply(answer.status, Headers(answer.headers), await answer.read())
 
-    async def run() -> Response:
+    async def run() -> Reply:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
             pending = asyncio.ensure_future(send(session))
             await asyncio.sleep(1.0)  # by now the worker is encoding the 512 inputs

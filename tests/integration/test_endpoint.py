@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests import http
 from tests.procs import Proc, free_port, start
 
 
@@ -22,8 +21,7 @@ def gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
+    return http.get_json(url, timeout=30)
 
 
 def wait_worker(proc: Proc) -> None:
@@ -76,11 +74,10 @@ def test_lists_its_one_model_and_health(endpoint: Proc) -> None:
 
 
 def test_prompt_cache_plane_without_a_model(endpoint: Proc) -> None:
-    body = json.dumps({"key": "ep", "prompt": "the weather in the city is good today " * 20}).encode()
-    request = urllib.request.Request(endpoint.url + "/acore/prompt_cache/update", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert json.loads(response.read())["ok"] is True
+    body = {"key": "ep", "prompt": "the weather in the city is good today " * 20}
+    response = http.post(endpoint.url + "/acore/prompt_cache/update", body, timeout=30)
+    assert response.status == 200, response.raw
+    assert response.json()["ok"] is True
     stats = get(endpoint.url + "/acore/prompt_cache/stats")
     assert stats["supported"] is True and "ep" in stats["stats"]["keys"]
     assert stats["stats"]["meta_by_key"]["ep"]["token_count"] > 100

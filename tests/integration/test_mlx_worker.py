@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import openai
 import pytest
 from mlx_lm.sample_utils import make_sampler
 
+from tests import http
 from tests.procs import Proc, start_gateway
 from workers.mlx_tiny import write_tiny_mlx_model
 
@@ -45,8 +44,7 @@ def mlx_gateway(log_dir: Path, model_dir: Path) -> Iterator[Proc]:
 
 
 def models(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/v1/models", timeout=5) as response:
-        return {m["id"]: m for m in json.load(response)["data"]}
+    return {m["id"]: m for m in http.get_json(url + "/v1/models", timeout=5)["data"]}
 
 
 def wait_for_model(url: str, model: str, timeout: float) -> None:
@@ -160,15 +158,10 @@ def test_prompt_cache_reuse_identical_output(client: openai.OpenAI, model_dir: P
 
 
 def call(url: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """A plain HTTP call to the control plane (urllib: AbstractCore's routes are not in the SDK)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    """A plain HTTP call to the control plane (AbstractCore's routes are not in the SDK): the status and
+    the JSON body (None when empty)."""
+    reply = http.request("POST" if body is not None else "GET", url + path, body, timeout=60)
+    return reply.status, reply.body
 
 
 def test_control_plane_through_the_gateway(client: openai.OpenAI, mlx_gateway: Proc, model_dir: Path) -> None:

@@ -6,15 +6,15 @@ import base64
 import json
 import re
 import time
-import urllib.request
 
 import openai
 import pytest
 
+from tests import http
+from tests.http import records
 from tests.native import (
     Fakes,
     client,
-    records,
     wait_for,
 )
 from tests.procs import Proc
@@ -181,8 +181,7 @@ def test_models_embeddings_and_providers(native_gateway: Proc, fresh: Fakes) -> 
     assert len(result.data) == 2 and len(result.data[0].embedding) == 6
     embed_hit = [r for r in records(fresh.ollama) if r["path"] == "/api/embed"][-1]
     assert embed_hit["body"]["input"] == ["a", "b"]
-    with urllib.request.urlopen(native_gateway.url + "/providers", timeout=10) as response:
-        providers = {p["name"]: p for p in json.loads(response.read())["providers"]}
+    providers = {p["name"]: p for p in http.get_json(native_gateway.url + "/providers", timeout=10)["providers"]}
     assert providers["ollama"]["status"] == "available" and providers["ollama"]["model_count"] == 4
 
 

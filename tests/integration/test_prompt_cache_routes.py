@@ -6,13 +6,10 @@ have a choice to make); a third worker with a tiny cache budget is started by ha
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests import http
 from tests.procs import REPO, Proc, base_env, start_gateway
 
 MODEL = "llamacpp/tiny"
@@ -30,8 +28,7 @@ SYSTEM = "you are a helpful model . " + " ".join(["the weather in the city is go
 def wait_models(url: str, model: str, workers: int, proc: Proc, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(url + "/v1/models", timeout=5) as response:
-            data = {m["id"]: m for m in json.loads(response.read())["data"]}
+        data = {m["id"]: m for m in http.get_json(url + "/v1/models", timeout=5)["data"]}
         if data.get(model, {}).get("workers", 0) >= workers:
             return
         time.sleep(0.2)
@@ -59,14 +56,8 @@ def gw(log_dir: Path, gguf_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def call(gw: Proc, op: str, body: dict[str, Any] | None = None, query: str = "") -> tuple[int, dict[str, Any]]:
     url = f"{gw.url}/acore/prompt_cache/{op}{query}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                 method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    reply = http.request("GET" if body is None else "POST", url, body, timeout=60)
+    return reply.status, reply.json()
 
 
 def stats(gw: Proc) -> dict[str, Any]:
@@ -235,8 +226,7 @@ def test_key_moves_when_its_worker_dies(gw: Proc) -> None:
 
     assert call(gw, "set", {"model": MODEL, "key": "phoenix", "make_default": False})[0] == 200
     owner = stats(gw)["meta_by_key"]["phoenix"]["worker"]
-    with urllib.request.urlopen(gw.url + "/providers", timeout=10) as response:
-        providers = json.loads(response.read())["providers"]
+    providers = http.get_json(gw.url + "/providers", timeout=10)["providers"]
     pid = next(w["pid"] for p in providers if p["name"] == "llamacpp" for w in p.get("workers", ())
                if w["id"] == owner)
     os.kill(pid, signal.SIGKILL)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.request
 from typing import Any
 
 import openai
 import pytest
 from openai.types.responses import Response
 
-from tests.integration.responses_helpers import check_events, get, post
+from tests.http import clear_records, records
+from tests.integration.responses_helpers import check_events, delete, get, post
 from tests.procs import Proc
 
 
@@ -26,13 +26,12 @@ def client(gateway: Proc) -> openai.OpenAI:
 
 
 def upstream(fake: Proc, path: str = "/v1/chat/completions") -> list[dict[str, Any]]:
-    with urllib.request.urlopen(fake.url + "/_requests", timeout=5) as response:
-        return [r for r in json.load(response) if r["path"] == path]
+    return [r for r in records(fake) if r["path"] == path]
 
 
 @pytest.fixture(autouse=True)
-def clear_records(fake_openai: Proc) -> None:
-    urllib.request.urlopen(urllib.request.Request(fake_openai.url + "/_requests", method="DELETE"), timeout=5).close()
+def fresh_records(fake_openai: Proc) -> None:
+    clear_records(fake_openai)
 
 
 def responses_url(gateway: Proc) -> str:
@@ -226,7 +225,7 @@ def test_store_and_previous_response_id(client: openai.OpenAI, gateway: Proc, fa
     client.responses.create(model="lmstudio/echo", input="third", previous_response_id=second.id)
     assert len(upstream(fake_openai)[-1]["body"]["messages"]) == 5
 
-    deleted = post(f"{responses_url(gateway)}/{first.id}", None, method="DELETE")  # type: ignore[arg-type]
+    deleted = delete(f"{responses_url(gateway)}/{first.id}")
     assert deleted.status == 200 and deleted.body == {"id": first.id, "object": "response", "deleted": True}
     assert get(f"{responses_url(gateway)}/{first.id}").status == 404
 

@@ -11,13 +11,13 @@ with ``response.completed`` carrying usage.
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.integration.responses_helpers import Reply, check_events, get, parse_sse
+from tests.http import Headers, Reply, records
+from tests.integration.responses_helpers import check_events, decoded, get
 from tests.procs import Proc
 
 CODEX_HEADERS = {
@@ -77,19 +77,12 @@ async def replay(gateway: Proc, body: dict[str, Any], headers: dict[str, str] | 
         gateway.url + "/v1/responses", json=body, headers=headers or CODEX_HEADERS,
         timeout=aiohttp.ClientTimeout(total=30),
     ) as response:
-        raw = await response.text()
-        reply = Reply(response.status, {k.lower(): v for k, v in response.headers.items()})
-    if reply.headers.get("content-type", "").startswith("text/event-stream"):
-        reply.events = parse_sse(raw)
-    else:
-        reply.body = json.loads(raw)
-    return reply
+        reply = Reply(response.status, Headers(response.headers), await response.read())
+    return decoded(reply)
 
 
 def last_upstream(fake: Proc) -> dict[str, Any]:
-    with urllib.request.urlopen(fake.url + "/_requests", timeout=5) as response:
-        records = [r for r in json.load(response) if r["path"] == "/v1/chat/completions"]
-    return records[-1]["body"]
+    return [r for r in records(fake) if r["path"] == "/v1/chat/completions"][-1]["body"]
 
 
 def tool_names(body: dict[str, Any]) -> list[str]:

@@ -10,19 +10,18 @@ import json
 import signal
 import socket
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from tests import http
 from tests.procs import Proc, start_fake_openai, start_gateway
 
 
 def stats(fake: Proc) -> dict[str, int]:
-    with urllib.request.urlopen(fake.url + "/_stats", timeout=10) as answer:
-        return dict(json.loads(answer.read()))
+    return dict(http.get_json(fake.url + "/_stats", timeout=10))
 
 
 def port_of(proc: Proc) -> int:

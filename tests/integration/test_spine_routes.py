@@ -6,8 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,26 +13,22 @@ from typing import Any
 import openai
 import pytest
 
+from tests import http
+from tests.http import Headers
 from tests.procs import REPO, Proc, base_env, free_port, start_gateway
 
 USER = [{"role": "user", "content": "x"}]
 
 
 def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, dict(answer.headers), answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+         timeout: float = 30) -> tuple[int, Headers, bytes]:
+    reply = http.request(method, url, body, headers=headers, timeout=timeout)
+    return reply.status, reply.headers, reply.raw
 
 
 def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    status, _, payload = call("GET", url, headers=headers)
-    return status, json.loads(payload)
+    reply = http.get(url, headers=headers)
+    return reply.status, reply.json()
 
 
 # ---------------------------------------------------------------- models, providers, health

@@ -10,12 +10,11 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.http import clear_records, records
 from tests.native import (
     Fakes,
-    clear,
     client,
     native_env,
-    records,
     wait_for,
 )
 from tests.procs import Proc, start_gateway
@@ -97,7 +96,7 @@ def test_unload_after_on_hosted_api_is_a_notice(unload_gateway: Proc, fresh: Fak
 
 
 def test_thinking_for_openai_compatible_presets(unload_gateway: Proc, fake_openai: Proc) -> None:
-    clear(fake_openai)
+    clear_records(fake_openai)
     api = client(unload_gateway)
     raw = api.chat.completions.with_raw_response.create(model="openai/echo", messages=MESSAGES,
                                                          extra_body={"thinking": "on"})

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import zmq
 
 from protocol.endpoints import default_worker_endpoint
+from tests import http
 from tests.procs import REPO, Proc, base_env, start_gateway
 
 TEST_ENV = {"ACORE_TEST_BACKENDS": "1"}
@@ -57,13 +57,8 @@ def echo_gw(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         proc.stop()
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def providers(gw: Proc) -> dict[str, Any]:
-    return {p["name"]: p for p in get_json(gw.url + "/providers")["providers"]}
+    return {p["name"]: p for p in http.get_json(gw.url + "/providers", timeout=5)["providers"]}
 
 
 def live_workers(gw: Proc, model: str) -> list[dict[str, Any]]:
@@ -72,7 +67,7 @@ def live_workers(gw: Proc, model: str) -> list[dict[str, Any]]:
 
 
 def model_entry(gw: Proc, model_id: str) -> dict[str, Any] | None:
-    data = get_json(gw.url + "/v1/models")["data"]
+    data = http.get_json(gw.url + "/v1/models", timeout=5)["data"]
     return next((m for m in data if m["id"] == model_id), None)
 
 
@@ -194,10 +189,8 @@ def test_kill_9_mid_stream_ends_the_stream_and_the_worker_restarts(echo_gw: Proc
     before = {w["pid"] for w in live_workers(echo_gw, "slow")}
     body = {"model": "llamacpp/slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": LONG,
             "stream": True}
-    request = urllib.request.Request(echo_gw.url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with ThreadPoolExecutor(1) as pool, urllib.request.urlopen(request, timeout=30) as response:
-        lines = (raw.decode().rstrip("\n") for raw in response)
+    with ThreadPoolExecutor(1) as pool, http.stream_lines("POST", echo_gw.url + "/v1/chat/completions", body,
+                                                         timeout=30) as lines:
         events = [line[6:] for line, _ in zip(lines, range(3), strict=False) if line.startswith("data: ")]
         # Ours is the only request so far: the busy worker is the victim.
         victim = wait_for(lambda: [w for w in live_workers(echo_gw, "slow") if w["active"]], 5, "the busy worker")

@@ -9,10 +9,10 @@ from typing import Any
 
 import llama_cpp as llama_cpp
 import pytest
-from workers.chat import StopStringFilter, could_be_tool_call, parse_tool_calls
 
 from protocol.messages import ErrorCode, FinishReason, Generate, SamplingParams
 from workers.backend import Delta, GenerationResult, ModelLoadError, WorkerError
+from workers.chat import StopStringFilter, could_be_tool_call, parse_tool_calls
 from workers.llamacpp import LlamaCppBackend
 from workers.tiny_models import write_tiny_gguf
 

@@ -12,10 +12,10 @@ import mlx.core as mx
 import mlx_lm
 import pytest
 from mlx_lm.sample_utils import make_sampler
-from workers.chat import StopStringFilter
 
 from protocol.messages import CacheOp, ErrorCode, Generate, SamplingParams
 from workers.backend import Delta, GenerationResult, ModelLoadError, WorkerError
+from workers.chat import StopStringFilter
 from workers.mlx_backend import MLXBackend
 from workers.mlx_tiny import write_tiny_mlx_model
 

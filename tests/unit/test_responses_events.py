@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway.doors.responses.convert import ToolSpec, to_chat
-from gateway.doors.responses.events import ResponseBuilder
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from gateway.doors.responses.convert import ToolSpec, to_chat
+from gateway.doors.responses.events import ResponseBuilder
 from gateway.errors import GatewayError
 
 EVENT = TypeAdapter(ResponseStreamEvent)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from gateway.doors.responses.convert import CUSTOM_ARG, ToolSpec
 
+from gateway.doors.responses.convert import CUSTOM_ARG, ToolSpec
 from gateway.errors import GatewayError
 
 Event = tuple[str, dict[str, Any]]

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError, invalid
 from gateway.keys import PROVIDERS
-from gateway.pipeline.hooks import hooks_around
+from gateway.pipeline.hooks import HooksAround
 from gateway.providers.base import ChatCall, ResponsesProvider
 from gateway.providers.http import read_json, sse_data
 from protocol.chat import EXTENSION_FIELDS, normalize_thinking
@@ -76,7 +76,7 @@ class Passthrough:
         return cast(ResponsesProvider, self.app[PROVIDERS].provider_for(self.call.provider))
 
     async def complete(self) -> dict[str, Any]:
-        async with hooks_around(self.app, self.call), self._provider().responses(self.call, self.body) as response:
+        async with HooksAround(self.app, self.call), self._provider().responses(self.call, self.body) as response:
             data = await read_json(response, self.call.provider)
         if not isinstance(data, dict):
             raise GatewayError(502, f"Provider {self.call.provider} sent a malformed response.", type="server_error")
@@ -84,7 +84,7 @@ class Passthrough:
         return data
 
     async def events(self) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
-        async with hooks_around(self.app, self.call), self._provider().responses(self.call, self.body) as response:
+        async with HooksAround(self.app, self.call), self._provider().responses(self.call, self.body) as response:
             async for name, data in sse_data(response, self.call.provider):
                 try:
                     event = orjson.loads(data)

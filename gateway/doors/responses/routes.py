@@ -14,19 +14,18 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.doors.http import json_response, read_json_body, stream_events
+from gateway.doors.http import json_response, read_request, stream_events
 from gateway.doors.responses.convert import Converted, input_items, to_chat
 from gateway.doors.responses.events import Event, ResponseBuilder
 from gateway.doors.responses.passthrough import Passthrough, portable_items
 from gateway.doors.sse import SSEWriter
-from gateway.errors import GatewayError, bad_request, invalid
+from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.ops.store import ResponseStore
 from gateway.pipeline import chat
 from gateway.providers.base import ChatCall
 from gateway.providers.registry import Target
 from protocol.chat import ChatRequest
-from protocol.openai import RequestValidationError, validate
 from protocol.responses import ResponsesRequest
 
 RESPONSE_STORE = web.AppKey("response_store", ResponseStore)
@@ -37,11 +36,7 @@ def _not_found(response_id: str, param: str) -> GatewayError:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    body = await read_json_body(request)
-    try:
-        parsed = validate(body, ResponsesRequest)
-    except RequestValidationError as exc:
-        raise invalid(exc) from None
+    body, parsed = await read_request(request, ResponsesRequest)
     if parsed.input is None and parsed.messages is None:
         raise bad_request("Either input or messages is required.", param="input")
     app = request.app
