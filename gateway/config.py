@@ -67,6 +67,9 @@ class Limits:
     models_timeout_s: float = 3.0
     models_cache_ttl_s: float = 60.0
     queue_depth: int = 64
+    # Local workers: after the first token, a stream's next event waits until this long after the
+    # previous one, so tokens arriving in between go out as one SSE event (0: every batch at once).
+    stream_interval_ms: float = 20.0
     shutdown_timeout_s: float = 5.0
 
 
@@ -94,6 +97,10 @@ class GatewayConfig:
     media: MediaSettings = MediaSettings()
     workers: tuple[WorkerSpec, ...] = ()
     worker_bind: str | None = None
+    # CurveZMQ for tcp:// worker binds: a directory with gateway.key_secret and authorized/*.key,
+    # plus worker public keys written in the config file ([server] authorized_worker_keys).
+    worker_keys: str | None = None
+    authorized_worker_keys: tuple[str, ...] = ()
     default_embeddings: bool = True
     # Route key-less requests to the worker that recently saw the longest shared message prefix
     # (ACORE_CACHE_AWARE_ROUTING=0: plain least-loaded, the benchmark's baseline).
@@ -131,6 +138,9 @@ def _load_file(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+_MAY_BE_ZERO = frozenset({"stream_interval_ms"})
+
+
 def _dataclass_from(cls: Any, data: Mapping[str, Any], section: str) -> Any:
     known = set(cls.__dataclass_fields__)
     unknown = set(data) - known
@@ -148,7 +158,7 @@ def _dataclass_from(cls: Any, data: Mapping[str, Any], section: str) -> Any:
     if cls is Limits:
         for key, value in values.items():
             # every limit is a size, a count or a duration: zero or less would disable serving
-            if not value > 0:
+            if not value > 0 and not (key in _MAY_BE_ZERO and value == 0):
                 raise ConfigError(f"[{section}] {key} must be greater than 0, got {value!r}")
     return cls(**values)
 
@@ -207,6 +217,8 @@ def load_config(
         "media": media,
         "workers": tuple(workers),
         "worker_bind": env.get("ACORE_WORKER_BIND") or server.get("worker_bind"),
+        "worker_keys": env.get("ACORE_WORKER_KEYS") or server.get("worker_keys"),
+        "authorized_worker_keys": tuple(server.get("authorized_worker_keys", ())),
         "default_embeddings": server.get("default_embeddings", True),
         "cache_aware_routing": (_truthy(env["ACORE_CACHE_AWARE_ROUTING"]) if env.get("ACORE_CACHE_AWARE_ROUTING")
                                 else bool(server.get("cache_aware_routing", True))),

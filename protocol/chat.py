@@ -64,7 +64,7 @@ class ChatRequest(ChatParams, kw_only=True):
                 body[name] = value
         return body
 
-    def to_generate(self, request_id: str) -> Generate:
+    def to_generate(self, request_id: str, stream_interval_ms: float = 0.0) -> Generate:
         """The worker message for this request: the one place it is derived."""
         params = SamplingParams(
             max_tokens=self.token_limit,
@@ -88,6 +88,7 @@ class ChatRequest(ChatParams, kw_only=True):
             response_format=self.response_format,
             prompt_cache_key=self.prompt_cache_key or None,
             thinking=self.thinking_level,
+            stream_interval_ms=stream_interval_ms if self.stream else 0.0,
         )
 
 

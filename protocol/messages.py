@@ -69,14 +69,20 @@ class Ready(Message, frozen=True, tag="ready"):
     embedding_dimensions: int = 0
     pid: int = 0
     protocol_version: int = PROTOCOL_VERSION
+    host: str = ""  # the worker machine's hostname (shown in /providers)
 
 
 class Heartbeat(Message, frozen=True, tag="hb"):
-    """Both directions, once per interval. From a worker it carries its load."""
+    """Both directions, once per interval. From a worker it carries its load.
+
+    The gateway numbers its beats (``seq``); a worker answers each at once with ``echo`` set to
+    that number, so the gateway measures the round-trip time to every worker."""
 
     sender: str  # worker id, or the gateway's session id
     active: int = 0
     queued: int = 0
+    seq: int = 0
+    echo: int = 0
 
 
 class Goodbye(Message, frozen=True, tag="bye"):
@@ -155,6 +161,9 @@ class Generate(Message, frozen=True, tag="gen"):
     response_format: dict[str, Any] | None = None
     prompt_cache_key: str | None = None
     thinking: str | None = None
+    # After the first Chunk, the worker sends the next no sooner than this after the previous one
+    # (tokens in between ride along): one frame per interval, not one per token. 0: as produced.
+    stream_interval_ms: float = 0.0
 
 
 class Embed(Message, frozen=True, tag="embed"):

@@ -78,11 +78,13 @@ def start(
     env: Mapping[str, str] | None = None,
     ready_path: str = "/health",
     timeout: float = 30.0,
+    cwd: Path = REPO,
 ) -> Proc:
+    """Run ``python ARGS`` in ``cwd`` (this checkout, or another one for a side-by-side benchmark)."""
     log_path = log_dir / f"{name}-{port}.log"
     handle = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, env=base_env(env), stdout=handle, stderr=subprocess.STDOUT
+        [sys.executable, *args], cwd=cwd, env=base_env(env), stdout=handle, stderr=subprocess.STDOUT
     )
     handle.close()
     url = f"http://127.0.0.1:{port}"
@@ -106,3 +108,71 @@ def start_fake_openai(log_dir: Path) -> Proc:
     port = free_port()
     return start(["-m", "tests.fakes.openai_upstream", "--port", str(port)], port=port, log_dir=log_dir,
                  name="fake-openai", ready_path="/v1/models")
+
+
+@dataclass
+class Worker:
+    """An ``acore-worker`` started by hand (not by a gateway), with its own log."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_worker(log_dir: Path, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Worker:
+    log_path = log_dir / f"worker-{name}-{free_port()}.log"
+    with log_path.open("wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "workers", *args], cwd=REPO, env=base_env(env),
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    return Worker(process, log_path)
+
+
+@dataclass
+class Relay:
+    """tests/fakes/relay.py: a TCP relay the test pauses (partition), resumes and cuts."""
+
+    proc: Proc
+    address: str  # host:port it accepts on
+
+    def _control(self, action: str) -> dict[str, object]:
+        reply = http.post(f"{self.proc.url}/{action}")
+        assert reply.status == 200, reply.text
+        state: dict[str, object] = reply.json()
+        return state
+
+    def pause(self) -> dict[str, object]:
+        return self._control("pause")
+
+    def resume(self) -> dict[str, object]:
+        return self._control("resume")
+
+    def drop(self) -> dict[str, object]:
+        return self._control("drop")
+
+    def state(self) -> dict[str, object]:
+        state: dict[str, object] = http.get_json(f"{self.proc.url}/state")
+        return state
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_relay(log_dir: Path, target_port: int, listen_host: str = "127.0.0.2") -> Relay:
+    """A relay accepting on ``listen_host`` (127.0.0.2: "another host") and forwarding to 127.0.0.1:target_port."""
+    port, control = free_port(), free_port()
+    proc = start(["-m", "tests.fakes.relay", "--listen", f"{listen_host}:{port}", "--target",
+                  f"127.0.0.1:{target_port}", "--control", str(control)], port=control, log_dir=log_dir,
+                 name="relay", ready_path="/state")
+    return Relay(proc, f"{listen_host}:{port}")

@@ -11,7 +11,15 @@ import sys
 import time
 from typing import Any
 
-from protocol.endpoints import default_worker_endpoint
+from protocol.curve import (
+    DEFAULT_WORKER_KEY_NAME,
+    CurveKeys,
+    KeyFileError,
+    create_key_pair,
+    load_pair,
+    load_public,
+)
+from protocol.endpoints import default_worker_endpoint, is_loopback_tcp
 from protocol.local import (
     EXIT_LOAD_FAILED,
     SUPERVISOR_ENV,
@@ -33,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     choices = [*WORKER_PROVIDERS, *TEST_BACKENDS] if test_backends else list(WORKER_PROVIDERS)
     parser = argparse.ArgumentParser(
         prog="acore-worker",
-        description="Load one local model once and serve it to acore gateways over ZeroMQ.",
+        description="Load one local model once and serve it to acore gateways over ZeroMQ. "
+                    "`acore-worker keygen DIR [--name NAME]` writes a CurveZMQ key pair for joining from another host.",
     )
     parser.add_argument("--provider", required=True, choices=choices,
                         help="model engine; huggingface = llamacpp for a .gguf file, else sentence-transformers")
@@ -47,10 +56,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="host-memory budget of the prompt cache in bytes (llamacpp, mlx; default 512 MiB)")
     parser.add_argument("--prompt-cache-ttl-s", type=float, metavar="S",
                         help="drop prompt-cache entries unused for this long (default: no TTL)")
+    parser.add_argument("--gateway-key", metavar="FILE", default=os.environ.get("ACORE_GATEWAY_KEY"),
+                        help="the gateway's public key file (its gateway.key) for tcp:// endpoints with CurveZMQ; "
+                             "also ACORE_GATEWAY_KEY")
+    parser.add_argument("--key", metavar="FILE", default=os.environ.get("ACORE_WORKER_KEY"),
+                        help="this worker's secret key file (NAME.key_secret, from `acore-worker keygen`); "
+                             "also ACORE_WORKER_KEY")
     parser.add_argument("--max-batch", type=int, default=64, help="most embedding inputs per batch (default 64)")
     parser.add_argument("--batch-wait-ms", type=float, default=3.0,
                         help="how long to wait for more embedding requests to batch (default 3 ms)")
     return parser.parse_args(argv)
+
+
+def keygen(argv: list[str]) -> None:
+    """``acore-worker keygen DIR [--name NAME]``: DIR/NAME.key (public) and DIR/NAME.key_secret (0600)."""
+    parser = argparse.ArgumentParser(prog="acore-worker keygen",
+                                     description="Write a CurveZMQ key pair for this worker.")
+    parser.add_argument("dir", metavar="DIR")
+    parser.add_argument("--name", default=DEFAULT_WORKER_KEY_NAME, help=f"file name (default {DEFAULT_WORKER_KEY_NAME})")
+    args = parser.parse_args(argv)
+    try:
+        public, secret = create_key_pair(args.dir, args.name)
+        pair = load_pair(secret)
+    except (KeyFileError, OSError) as exc:
+        print(f"acore-worker keygen: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {public} and {secret} (key {pair.key_id})")
+    print(f"copy {public} into the gateway's keys directory, under authorized/; start this worker with --key {secret}")
+
+
+def curve_keys(args: argparse.Namespace, endpoints: list[str]) -> CurveKeys | None:
+    """The keys for tcp:// endpoints; a tcp:// endpoint beyond loopback without them is refused up front."""
+    if bool(args.gateway_key) != bool(args.key):
+        raise ModelLoadError("CurveZMQ needs both --gateway-key (the gateway's gateway.key) and --key "
+                             "(this worker's .key_secret)")
+    if not args.key:
+        remote = [e for e in endpoints if e.startswith("tcp://") and not is_loopback_tcp(e)]
+        if remote:
+            raise ModelLoadError(f"{remote[0]} is on another host: pass --gateway-key FILE and --key FILE "
+                                 "(see `acore-worker keygen` and the README's two-host recipe)")
+        return None
+    try:
+        return CurveKeys(gateway=load_public(args.gateway_key), own=load_pair(args.key))
+    except KeyFileError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def load_backend_class(provider: str) -> type[Backend]:
@@ -70,7 +119,17 @@ def load_backend_class(provider: str) -> type[Backend]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s acore-worker %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        keygen(argv[1:])
+        return
     args = parse_args(argv)
+    endpoints = args.connect or [default_worker_endpoint(8000)]
+    try:
+        keys = curve_keys(args, endpoints)
+    except ModelLoadError as exc:
+        print(f"acore-worker: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_LOAD_FAILED) from None
     provider = resolve_engine(args.provider, args.model)
     name = args.name or default_name(provider, args.model)
     options: dict[str, Any] = {"n_ctx": args.n_ctx, "threads": args.threads}
@@ -100,11 +159,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from workers.loop import WorkerLoop, install_signal_handlers
 
-    endpoints = args.connect or [default_worker_endpoint(8000)]
     # Identity: unique per process so a restarted worker is never mistaken for its predecessor.
     worker_id = f"{name[-80:]}-{os.getpid()}-{secrets.token_hex(3)}"
     loop = WorkerLoop(backend, endpoints, worker_id, max_batch=args.max_batch,
-                      batch_wait_ms=args.batch_wait_ms, parent_pid=parent_pid)
+                      batch_wait_ms=args.batch_wait_ms, parent_pid=parent_pid, curve=keys)
     install_signal_handlers(loop)
     log.info("worker %s serving %s model %s on %s", worker_id, backend.provider, name, ", ".join(endpoints))
     code = loop.run()

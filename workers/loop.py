@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,13 +30,13 @@ from typing import Any
 
 import zmq
 
-from protocol.codec import MAX_MESSAGE_BYTES, MalformedFrame, encode, vectors_to_frame, worker_side_decoder
+from protocol.codec import MalformedFrame, encode, vectors_to_frame, worker_side_decoder
+from protocol.curve import CurveKeys
 from protocol.local import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 from protocol.messages import (
     Abort,
     AnyMessage,
     CacheOp,
-    Chunk,
     Embed,
     Error,
     ErrorCode,
@@ -50,6 +51,8 @@ from protocol.messages import (
     Usage,
 )
 from workers.backend import Backend, Delta, WorkerError
+from workers.outbox import Outbox
+from workers.sockets import HandshakeWatch, connect_dealer
 
 log = logging.getLogger("acore.worker")
 
@@ -57,8 +60,8 @@ POLL_MS = 100
 PR_SET_PDEATHSIG = 1
 
 # Pipe frame kinds (model thread -> IO thread).
-_SEND = b"S"  # [kind, socket index, *frames]: send these frames
-_FLUSH = b"F"  # [kind, request id]: send the coalesced chunk buffered for this request
+_SEND = b"S"  # [kind, socket index, request id, *frames]: send the request's waiting output, then these frames
+_FLUSH = b"F"  # [kind, request id]: output waits for this request (sent now, or when its interval has passed)
 
 # How long closing a socket may wait to deliver the Goodbye to a gateway that is still there.
 GOODBYE_LINGER_MS = 1000
@@ -70,12 +73,6 @@ MAX_BATCH_WINDOW_FACTOR = 5
 class _Work:
     sock: int
     message: AnyMessage
-
-
-@dataclass(slots=True)
-class _Pending:
-    sock: int
-    delta: Delta
 
 
 def die_with_parent() -> None:
@@ -99,8 +96,10 @@ class WorkerLoop:
         max_batch: int = 64,
         batch_wait_ms: float = 3.0,
         parent_pid: int | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.backend = backend
+        self.curve = curve
         self.endpoints = endpoints
         self.worker_id = worker_id
         self.max_batch = max(1, max_batch)
@@ -113,7 +112,7 @@ class WorkerLoop:
         self._lock = threading.Lock()
         self._aborted: set[str] = set()
         self._known: dict[str, int] = {}  # request id -> socket index, for queued and running requests
-        self._pending: dict[str, _Pending] = {}
+        self._outbox = Outbox()
         self._active = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._pipe_addr = f"inproc://acore-worker-pipe-{id(self)}"
@@ -139,6 +138,7 @@ class WorkerLoop:
             max_concurrency=info.max_concurrency,
             embedding_dimensions=info.embedding_dimensions,
             pid=os.getpid(),
+            host=socket.gethostname(),
         )
 
     # ------------------------------------------------------------------ IO thread
@@ -147,14 +147,9 @@ class WorkerLoop:
         """Serve until SIGTERM/SIGINT, the parent's death, or stop(); returns the exit status."""
         pipe_in = self._ctx.socket(zmq.PULL)
         pipe_in.bind(self._pipe_addr)
-        sockets: list[zmq.Socket[bytes]] = []
-        for endpoint in self.endpoints:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, self.worker_id.encode()[:255])
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
-            sockets.append(sock)
+        sockets = [connect_dealer(self._ctx, endpoint, self.worker_id, self.curve) for endpoint in self.endpoints]
+        watches = [HandshakeWatch(sock, endpoint) for sock, endpoint in zip(sockets, self.endpoints, strict=True)
+                   if endpoint.startswith("tcp://")]
         self._sockets = sockets
         model_thread = threading.Thread(target=self._model_thread, name="model", daemon=True)
         model_thread.start()
@@ -162,6 +157,8 @@ class WorkerLoop:
         poller.register(pipe_in, zmq.POLLIN)
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)
+        for watch in watches:
+            poller.register(watch.monitor, zmq.POLLIN)
         ready = encode(self.ready_message())
         for sock in sockets:
             self._send(sock, ready)
@@ -170,14 +167,23 @@ class WorkerLoop:
         next_beat = now + HEARTBEAT_INTERVAL_S
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(POLL_MS))
+                due = self._outbox.next_due()
+                wait_ms = POLL_MS if due is None else max(0, min(POLL_MS, int((due - time.monotonic()) * 1000) + 1))
+                events = dict(poller.poll(wait_ms))
                 if pipe_in in events:
                     self._drain_pipe(pipe_in)
+                if due is not None:
+                    for index, chunk in self._outbox.due(time.monotonic()):
+                        self._send(self._sockets[index], encode(chunk))
                 for index, sock in enumerate(sockets):
                     if sock in events:
                         last_seen[index] = time.monotonic()
                         self._drain_socket(index, sock)
                 now = time.monotonic()
+                for watch in watches:
+                    if watch.monitor in events:
+                        watch.drain()
+                    watch.tick(now)
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_INTERVAL_S
                     beat = encode(Heartbeat(sender=self.worker_id, active=self._active, queued=self._queued()))
@@ -192,6 +198,8 @@ class WorkerLoop:
             self._stop.set()
             self._work.put(None)
             model_thread.join(timeout=5.0)
+            for watch in watches:
+                watch.close()
             goodbye = encode(Goodbye(sender=self.worker_id))
             for sock in sockets:
                 self._send(sock, goodbye)
@@ -229,17 +237,15 @@ class WorkerLoop:
                 return
             kind = frames[0].bytes
             if kind == _SEND:
-                index = int(frames[1].bytes)
-                self._send(self._sockets[index], frames[2:])
+                request_id = frames[2].bytes.decode()
+                waiting = self._outbox.take(request_id) if request_id else None
+                if waiting is not None:  # a request's last tokens go out before its Final
+                    self._send(self._sockets[waiting[0]], encode(waiting[1]))
+                self._send(self._sockets[int(frames[1].bytes)], frames[3:])
             elif kind == _FLUSH:
-                request_id = frames[1].bytes.decode()
-                with self._lock:
-                    pending = self._pending.pop(request_id, None)
-                if pending is not None:
-                    d = pending.delta
-                    chunk = Chunk(request_id=request_id, text=d.text, reasoning=d.reasoning,
-                                  n_tokens=d.n_tokens, tool_calls=d.tool_calls)
-                    self._send(self._sockets[pending.sock], encode(chunk))
+                ready = self._outbox.ready(frames[1].bytes.decode(), time.monotonic())
+                if ready is not None:
+                    self._send(self._sockets[ready[0]], encode(ready[1]))
 
     def _drain_socket(self, index: int, sock: zmq.Socket[bytes]) -> None:
         while True:
@@ -257,7 +263,11 @@ class WorkerLoop:
 
     def _handle(self, index: int, sock: zmq.Socket[bytes], message: AnyMessage) -> None:
         if isinstance(message, Heartbeat):
-            return  # last-seen is already updated
+            # last-seen is already updated; a numbered beat is answered at once (the gateway's round-trip time)
+            if message.seq:
+                self._send(sock, encode(Heartbeat(sender=self.worker_id, active=self._active, queued=self._queued(),
+                                                  echo=message.seq)))
+            return
         if isinstance(message, Probe):
             self._send(sock, encode(self.ready_message()))
             return
@@ -310,7 +320,9 @@ class WorkerLoop:
             return None
 
     def _reply(self, sock: int, message: AnyMessage, *binary: Any) -> None:
-        self._pipe_out.send_multipart([_SEND, str(sock).encode(), *encode(message, *binary)], copy=False)
+        request_id = getattr(message, "request_id", "")
+        self._pipe_out.send_multipart([_SEND, str(sock).encode(), request_id.encode(), *encode(message, *binary)],
+                                      copy=False)
 
     def _finish(self, request_id: str) -> None:
         with self._lock:
@@ -360,38 +372,25 @@ class WorkerLoop:
 
     def _flush_marker(self, request_id: str) -> None:
         """Drop buffered output of a failed request (its Error ends the stream)."""
-        with self._lock:
-            self._pending.pop(request_id, None)
+        self._outbox.close(request_id)
 
     def _generate(self, sock: int, request: Generate) -> None:
         request_id = request.request_id
         pipe_out = self._pipe_out
         flush_msg = [_FLUSH, request_id.encode()]
+        outbox = self._outbox
+        outbox.open(request_id, sock, request.stream_interval_ms / 1000)
 
         def emit(delta: Delta) -> None:
-            with self._lock:
-                pending = self._pending.get(request_id)
-                if pending is None:
-                    # No flush queued: this delta starts a new frame; the IO thread takes it when it gets there.
-                    self._pending[request_id] = _Pending(sock, Delta(delta.text, delta.reasoning, delta.n_tokens,
-                                                                     list(delta.tool_calls)))
-                    schedule = True
-                else:
-                    d = pending.delta
-                    d.text += delta.text
-                    d.reasoning += delta.reasoning
-                    d.n_tokens += delta.n_tokens
-                    d.tool_calls.extend(delta.tool_calls)
-                    schedule = False
-            if schedule:
-                pipe_out.send_multipart(flush_msg)
+            if outbox.add(request_id, delta):
+                pipe_out.send_multipart(flush_msg)  # output waits: the IO thread sends it when it may
 
         def cancelled() -> bool:
             return self.aborted(request_id)
 
         result = self.backend.generate(request, emit, cancelled)
         finish = FinishReason.ABORTED if cancelled() else result.finish_reason
-        # The pipe is FIFO: any queued flush for this request goes out before this Final.
+        # The IO thread sends what still waits for this request before this Final.
         self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=result.usage))
 
     def _collect_embeds(self, first: _Work) -> list[_Work]:

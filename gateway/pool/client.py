@@ -1,9 +1,11 @@
-"""The gateway's side of the worker protocol: one ROUTER socket, one reader task, per-request queues.
+"""The gateway's side of the worker protocol: one ROUTER socket, read straight off the event loop.
 
-Workers connect to us (DEALER -> ROUTER), so a worker started by hand joins a
-running gateway and one worker may serve several gateways. Only the reader
-task receives; replies are routed by request id to the asyncio.Queue of the
-request that sent it. A frame that fails to decode is dropped and counted.
+Workers connect to us (DEALER -> ROUTER), so a worker started by hand joins a running gateway
+and one worker may serve several gateways. The socket is a plain (not asyncio) pyzmq socket
+whose file descriptor the event loop watches: when it is readable, ``_drain`` takes every
+message waiting, decodes it and hands it to its request's Lease by request id, with no task or
+future per message. A frame that fails to decode is dropped and counted. Over tcp:// with keys
+the socket is a CURVE server (gateway/pool/auth.py).
 """
 
 from __future__ import annotations
@@ -11,22 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from gateway.config import ConfigError
 from gateway.errors import GatewayError
+from gateway.pool.auth import WorkerAuth
+from gateway.pool.lease import Lease, Reply
 from gateway.pool.scheduler import RequestInfo, Scheduler, WorkerState
 from protocol.codec import MAX_MESSAGE_BYTES, MalformedFrame, encode, gateway_side_decoder
+from protocol.curve import key_id
 from protocol.endpoints import is_loopback_tcp
 from protocol.local import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 from protocol.messages import (
     PROTOCOL_VERSION,
-    Abort,
     AnyMessage,
     Chunk,
     Error,
@@ -40,35 +44,28 @@ from protocol.messages import (
 
 log = logging.getLogger("acore.gateway")
 
-# Worker error code -> HTTP status (docs/worker-protocol.md).
-STATUS_BY_CODE = {
-    ErrorCode.BAD_REQUEST: 400,
-    ErrorCode.CONTEXT_OVERFLOW: 400,
-    ErrorCode.NOT_SUPPORTED: 400,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.OVERLOADED: 429,
-    ErrorCode.INTERNAL: 500,
-    ErrorCode.WORKER_DEAD: 502,
-}
+_HOSTNAME = socket.gethostname()
+# Plain ints, not pyzmq's enums: checked once per message, and enum arithmetic costs microseconds.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+WATCHDOG_S = 0.1  # how often waiting requests' idle limits are checked
+# Messages handled per wake-up before the loop gets a turn (the rest are handled on the next one).
+MAX_PER_WAKE = 256
+# libzmq's own keep-alive on tcp links: a peer silent this long has its connection dropped and
+# redialled (our heartbeats decide when a worker is dead; this keeps a half-open link from lingering).
+ZMQ_HEARTBEAT_IVL_MS = 1000
+ZMQ_HEARTBEAT_TIMEOUT_MS = 5000
 
 
-def check_bind(endpoint: str) -> None:
-    """No CURVE support yet, so a worker socket reachable from other hosts would be unauthenticated."""
-    if endpoint.startswith("tcp://") and not is_loopback_tcp(endpoint):
-        raise ConfigError(f"refusing to bind the worker socket on {endpoint}: a non-loopback tcp:// bind "
-                          "needs CURVE keys, which are not configured; bind tcp://127.0.0.1:PORT or use ipc://")
+def check_bind(endpoint: str, curve: bool = False) -> None:
+    """A worker socket reachable from other hosts must authenticate its peers (CURVE)."""
+    if endpoint.startswith("tcp://") and not is_loopback_tcp(endpoint) and not curve:
+        raise ConfigError(f"refusing to bind the worker socket on {endpoint}: a non-loopback tcp:// bind needs "
+                          "CURVE keys (--worker-keys DIR, see `acore-gateway keygen`); or bind tcp://127.0.0.1:PORT "
+                          "or ipc://")
     if not endpoint.startswith(("tcp://", "ipc://")):
         raise ConfigError(f"worker bind {endpoint!r} must be a tcp:// or ipc:// endpoint")
-
-
-def worker_error(error: Error) -> GatewayError:
-    status = STATUS_BY_CODE.get(error.code, 500)  # type: ignore[call-overload]
-    code = None if error.code == ErrorCode.INTERNAL else error.code
-    message = error.message or f"The worker failed the request ({error.code})."
-    headers = {"Retry-After": "1"} if status == 429 else None
-    return GatewayError(status, message, param=error.param, code=code, headers=headers)
 
 
 def worker_dead(worker: WorkerState, reason: str) -> GatewayError:
@@ -76,97 +73,53 @@ def worker_dead(worker: WorkerState, reason: str) -> GatewayError:
                         type="server_error", code=ErrorCode.WORKER_DEAD)
 
 
-@dataclass(slots=True)
-class Reply:
-    message: AnyMessage
-    frames: list[bytes]
-
-
-class Lease:
-    """One request's claim on a worker slot, and the queue its replies arrive on."""
-
-    def __init__(self, pool: WorkerPool, worker: WorkerState, request_id: str) -> None:
-        self.pool = pool
-        self.worker = worker
-        self.request_id = request_id
-        self.queue: asyncio.Queue[Reply | GatewayError] = asyncio.Queue()
-        self.finished = False
-        self.sent = False
-
-    async def send(self, message: AnyMessage, *binary: bytes | memoryview) -> None:
-        self.sent = True
-        await self.pool.send(self.worker, message, *binary)
-
-    async def next(self, idle_s: float) -> Reply:
-        """The next reply; raises GatewayError for an Error, a dead worker or a silent one."""
-        try:
-            if self.queue.empty():
-                # asyncio.timeout, not wait_for: no extra task per token on Python 3.11.
-                async with asyncio.timeout(idle_s):
-                    item = await self.queue.get()
-            else:
-                item = self.queue.get_nowait()
-        except TimeoutError:
-            raise GatewayError(504, f"The worker {self.worker.id} sent nothing for {idle_s:.0f} s.",
-                               type="timeout_error", code="timeout") from None
-        if isinstance(item, GatewayError):
-            self.finished = True
-            raise item
-        if isinstance(item.message, Error):
-            self.finished = True
-            raise worker_error(item.message)
-        if isinstance(item.message, Final):
-            self.finished = True
-        return item
-
-    async def close(self) -> None:
-        """Free the slot; a request that did not finish is aborted in the worker."""
-        self.pool.leases.pop(self.request_id, None)
-        if self.sent and not self.finished and self.worker.alive:
-            try:
-                await self.pool.send(self.worker, Abort(request_id=self.request_id))
-            except zmq.ZMQError:
-                pass
-        self.finished = True
-        self.pool.scheduler.release(self.worker, self.request_id)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.shield(self.close())
-
-
 class WorkerPool:
     def __init__(self, endpoint: str, queue_depth: int, expected: Callable[[str, str], bool],
-                 failure: Callable[[str], str | None] = lambda _name: None) -> None:
+                 failure: Callable[[str], str | None] = lambda _name: None, auth: WorkerAuth | None = None) -> None:
         self.endpoint = endpoint
+        self.auth = auth if endpoint.startswith("tcp://") else None
         self.session = "gw-" + secrets.token_hex(6)
         self.scheduler = Scheduler(queue_depth, expected, failure)
         self.leases: dict[str, Lease] = {}
         self.dropped_frames = 0
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._decoder = gateway_side_decoder()
+        self._drain_scheduled = False
+        self._fd = -1
+        self._beats: dict[int, float] = {}  # heartbeat number -> when it was sent (for round-trip times)
+        self._seq = 0
 
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        check_bind(self.endpoint)
-        self._ctx = zmq.asyncio.Context()
+        check_bind(self.endpoint, curve=self.auth is not None)
+        self._loop = asyncio.get_running_loop()
+        self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self.endpoint.startswith("tcp://"):
+            sock.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+        if self.auth is not None:
+            self.auth.apply(sock)
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close()
             raise ConfigError(f"cannot bind the worker socket {self.endpoint}: {exc}") from None
         self._sock = sock
-        self._tasks = [asyncio.create_task(self._reader(), name="pool-reader"),
-                       asyncio.create_task(self._heartbeats(), name="pool-heartbeats")]
+        if self.auth is not None:
+            self.auth.start(self._ctx, sock)
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._drain)
+        self._tasks = [asyncio.create_task(self._heartbeats(), name="pool-heartbeats"),
+                       asyncio.create_task(self._watchdog(), name="pool-watchdog")]
+        self._schedule_drain()  # anything that arrived between bind and add_reader
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -179,6 +132,10 @@ class WorkerPool:
         for worker in list(self.scheduler.workers.values()):
             if worker.alive:
                 self.mark_dead(worker, "the gateway is shutting down")
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        if self.auth is not None:
+            await self.auth.stop()
         if self._sock is not None:
             self._sock.close(linger=0)
         if self._ctx is not None:
@@ -193,9 +150,19 @@ class WorkerPool:
         return lease
 
     async def send(self, worker: WorkerState, message: AnyMessage, *binary: bytes | memoryview) -> None:
-        if self._sock is None:
+        self._send([worker.identity, *encode(message, *binary)])
+
+    def _send(self, frames: list[Any]) -> None:
+        sock = self._sock
+        if sock is None:
             raise GatewayError(503, "The worker pool is not running.", type="server_error")
-        await self._sock.send_multipart([worker.identity, *encode(message, *binary)])
+        try:
+            sock.send_multipart(frames, flags=_NOBLOCK, copy=False)
+        except zmq.Again:
+            pass  # the peer's queue is full (it stopped reading): its heartbeats will say it is gone
+        # A send can consume the socket's readable edge: look for waiting messages ourselves.
+        if sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+            self._schedule_drain()
 
     def live_workers(self) -> list[WorkerState]:
         return [w for w in self.scheduler.workers.values() if w.alive]
@@ -203,68 +170,91 @@ class WorkerPool:
     def mark_dead(self, worker: WorkerState, reason: str) -> None:
         if not worker.alive:
             return
-        log.warning("worker %s (%s, pid %d) is dead: %s", worker.id, worker.ready.model, worker.ready.pid, reason)
+        log.warning("worker %s (%s, pid %d%s) is dead: %s", worker.id, worker.ready.model, worker.ready.pid,
+                    f", {worker.address}" if worker.address else "", reason)
         worker.alive = False
         worker.died_at = time.monotonic()
         error = worker_dead(worker, reason)
         for request_id in list(worker.requests):
             lease = self.leases.get(request_id)
             if lease is not None:
-                lease.queue.put_nowait(error)
+                lease.deliver(error)
         worker.requests.clear()
         self.scheduler.dispatch()
 
     def mark_dead_pid(self, pid: int) -> None:
         """The supervisor saw this process exit: no need to wait for missed heartbeats."""
         for worker in list(self.scheduler.workers.values()):
-            if worker.ready.pid == pid:
+            if worker.ready.pid == pid and worker.ready.host in ("", _HOSTNAME):  # a pid is only unique per host
                 self.mark_dead(worker, f"process {pid} exited")
 
-    # ------------------------------------------------------------------ tasks
+    # ------------------------------------------------------------------ reading
 
-    async def _reader(self) -> None:
-        assert self._sock is not None
-        while True:
-            frames = await self._sock.recv_multipart()
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(MAX_PER_WAKE):
+            try:
+                # Asking first is cheaper than the zmq.Again exception a read of an empty socket raises.
+                if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                    return
+                frames = sock.recv_multipart(flags=_NOBLOCK, copy=False)
+            except zmq.ZMQError:
+                return  # closing (or, rarely, nothing after all)
             try:
                 self._handle(frames)
             except Exception:  # one bad message must never stop the reader
                 log.exception("worker pool: failed to handle a message")
+        self._schedule_drain()  # more are waiting: let the loop run the requests first
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 2:
             self.dropped_frames += 1
             return
-        identity = frames[0]
+        identity = frames[0].bytes
         try:
-            message, binary = self._decoder.decode(frames[1:])
+            message, binary = self._decoder.decode([frame.buffer for frame in frames[1:]])
         except MalformedFrame as exc:
             self.dropped_frames += 1
             log.warning("dropped a malformed frame from %r (%d so far): %s", identity[:64], self.dropped_frames,
                         str(exc)[:200])
             return
         worker = self.scheduler.workers.get(identity)
-        if isinstance(message, Ready):
-            self._register(identity, message)
+        if isinstance(message, Chunk | Final | Error):
+            if worker is not None and worker.alive:
+                worker.last_seen = time.monotonic()
+                lease = self.leases.get(message.request_id)
+                if lease is not None and lease.worker is worker:
+                    lease.deliver(Reply(message, binary))
+                return
+        elif isinstance(message, Ready):
+            self._register(identity, message, frames[1])
             return
-        if isinstance(message, Goodbye):
+        elif isinstance(message, Goodbye):
             if worker is not None and worker.alive:
                 self.mark_dead(worker, "it stopped")
             return
         if worker is None or not worker.alive:
             # A worker we do not know (we restarted, or declared it dead): ask it to announce itself.
-            asyncio.get_running_loop().create_task(self._probe(identity))
+            self._probe(identity)
             return
-        worker.last_seen = time.monotonic()
+        now = time.monotonic()
+        worker.last_seen = now
         if isinstance(message, Heartbeat):
             worker.reported_active = message.active
             worker.reported_queued = message.queued
-        elif isinstance(message, Chunk | Final | Error):
-            lease = self.leases.get(message.request_id)
-            if lease is not None and lease.worker is worker:
-                lease.queue.put_nowait(Reply(message, [bytes(b) for b in binary]))
+            sent = self._beats.get(message.echo) if message.echo else None
+            if sent is not None:
+                worker.rtt_ms = round((now - sent) * 1000, 3)
 
-    def _register(self, identity: bytes, ready: Ready) -> None:
+    def _register(self, identity: bytes, ready: Ready, header: zmq.Frame) -> None:
         if ready.protocol_version != PROTOCOL_VERSION:
             self.dropped_frames += 1
             log.warning("worker %s speaks protocol %d, not %d: ignored", ready.worker_id, ready.protocol_version,
@@ -276,29 +266,59 @@ class WorkerPool:
             known.last_seen = time.monotonic()
             self.scheduler.dispatch()
             return
-        log.info("worker %s joined: %s/%s (pid %d, %d slot(s))", ready.worker_id, ready.provider, ready.model,
-                 ready.pid, max(1, ready.max_concurrency))
-        self.scheduler.add(WorkerState(identity=identity, ready=ready, last_seen=time.monotonic()))
+        # Over ipc:// libzmq reports a placeholder address: only a tcp:// peer has one worth showing.
+        address = _frame_property(header, "Peer-Address") if self.endpoint.startswith("tcp://") else ""
+        user = _frame_property(header, "User-Id")
+        worker = WorkerState(identity=identity, ready=ready, last_seen=time.monotonic(), address=address,
+                             key_id=key_id(user.encode()) if user and user != "anonymous" else "")
+        log.info("worker %s joined: %s/%s (pid %d, %d slot(s)%s%s)", ready.worker_id, ready.provider, ready.model,
+                 ready.pid, worker.slots, f", from {address}" if address else "",
+                 f", key {worker.key_id}" if worker.key_id else "")
+        self.scheduler.add(worker)
 
-    async def _probe(self, identity: bytes) -> None:
-        if self._sock is not None:
-            try:
-                await self._sock.send_multipart([identity, *encode(Probe(session=self.session))])
-            except zmq.ZMQError:
-                pass
+    def _probe(self, identity: bytes) -> None:
+        try:
+            self._send([identity, *encode(Probe(session=self.session))])
+        except (zmq.ZMQError, GatewayError):
+            pass
 
     async def _heartbeats(self) -> None:
-        assert self._sock is not None
-        beat = encode(Heartbeat(sender=self.session))
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
             now = time.monotonic()
+            self._seq += 1
+            self._beats[self._seq] = now
+            self._beats.pop(self._seq - 8, None)  # answers older than 8 beats are too late to count
+            beat = encode(Heartbeat(sender=self.session, seq=self._seq))
             for worker in self.live_workers():
                 if now - worker.last_seen > HEARTBEAT_TIMEOUT_S:
                     self.mark_dead(worker, f"no message for {now - worker.last_seen:.1f} s")
                     continue
                 try:
-                    await self._sock.send_multipart([worker.identity, *beat])
-                except zmq.ZMQError:
+                    self._send([worker.identity, *beat])
+                except (zmq.ZMQError, GatewayError):
                     pass
             self.scheduler.prune()
+
+    async def _watchdog(self) -> None:
+        """Idle limits of waiting requests, checked here rather than with a timer per token."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            now = loop.time()
+            for lease in list(self.leases.values()):
+                lease.expire(now)
+
+    def describe(self) -> dict[str, Any]:
+        """What /providers shows of the socket itself."""
+        info: dict[str, Any] = {"endpoint": self.endpoint, "dropped_frames": self.dropped_frames}
+        if self.auth is not None:
+            info.update(self.auth.describe())
+        return info
+
+
+def _frame_property(frame: zmq.Frame, name: str) -> str:
+    try:
+        return str(frame.get(name))
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return ""  # ipc:// peers have no address; connections without ZAP have no User-Id

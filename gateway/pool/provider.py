@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request
-from gateway.pool.client import Lease, Reply, WorkerPool
+from gateway.pool.client import WorkerPool
+from gateway.pool.lease import Lease, Reply
 from gateway.pool.scheduler import RequestInfo, WorkerState
 from gateway.providers.base import (
     Capabilities,
@@ -45,6 +46,37 @@ def usage_json(usage: Usage) -> dict[str, Any]:
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
+
+
+def _merged_delta(chunks: list[Chunk]) -> dict[str, Any]:
+    """One OpenAI delta for consecutive worker Chunks (text and reasoning joined, tool-call fragments of
+    the same call merged, a new call's first fragment given an id if it has none)."""
+    if len(chunks) == 1:  # the common case on a quiet gateway: no joining to do
+        only = chunks[0]
+        text, reasoning, fragments = only.text, only.reasoning, list(only.tool_calls)
+    else:
+        text = "".join(c.text for c in chunks)
+        reasoning = "".join(c.reasoning for c in chunks)
+        fragments = [f for c in chunks for f in c.tool_calls]
+    delta: dict[str, Any] = {}
+    if reasoning:
+        delta["reasoning_content"] = reasoning
+    if text:
+        delta["content"] = text
+    if fragments:
+        calls: list[dict[str, Any]] = []
+        for fragment in fragments:
+            function = fragment.get("function") or {}
+            last = calls[-1] if calls else None
+            if last is not None and last.get("index") == fragment.get("index") and not function.get("name"):
+                last_function = last.setdefault("function", {})
+                last_function["arguments"] = last_function.get("arguments", "") + (function.get("arguments") or "")
+                continue
+            if function.get("name") and not fragment.get("id"):
+                fragment = {**fragment, "id": f"call_{fragment.get('index', 0)}_{secrets.token_hex(6)}"}
+            calls.append({**fragment, "function": dict(function)} if function else dict(fragment))
+        delta["tool_calls"] = calls
+    return delta
 
 
 class LocalProvider:
@@ -90,12 +122,16 @@ class LocalProvider:
 
     # ------------------------------------------------------------------ chat
 
-    async def _replies(self, call: ChatCall) -> AsyncIterator[Chunk | Final]:
-        """The worker's Chunk messages then its Final; aborts in the worker when closed early."""
+    async def _replies(self, call: ChatCall) -> AsyncIterator[list[Chunk | Final]]:
+        """The worker's Chunks then its Final, in batches of what arrived together; aborts in the
+        worker when closed early."""
         self._check_capability(call.model, "chat")
         request_id = self._request_id(call.request_id)
-        message = call.request.to_generate(request_id)
+        interval_ms = self._limits.stream_interval_ms
+        message = call.request.to_generate(request_id, interval_ms)
         timeout = self._timeout(call)
+        # a non-streaming answer is collected whole: no reason to hold its batches back
+        interval = interval_ms / 1000 if call.stream else 0.0
         for attempt in range(MAX_FAILOVERS + 1):
             lease = await self._lease(call.model, request_id, message)
             answered = False
@@ -103,18 +139,17 @@ class LocalProvider:
                 await lease.send(message)
                 while True:
                     try:
-                        reply = await lease.next(timeout)
+                        batch = await lease.next_batch(timeout, interval)
                     except GatewayError as exc:
                         # Nothing reached the client yet: the request can run again on another worker.
                         if exc.code == ErrorCode.WORKER_DEAD and not answered and attempt < MAX_FAILOVERS:
                             break
                         raise
                     answered = True
-                    if isinstance(reply.message, Final):
-                        yield reply.message
+                    messages = [reply.message for reply in batch]
+                    yield messages  # type: ignore[misc]
+                    if isinstance(messages[-1], Final):
                         return
-                    if isinstance(reply.message, Chunk):
-                        yield reply.message
 
     async def _chunks(self, call: ChatCall, with_usage: bool) -> AsyncIterator[dict[str, Any]]:
         completion_id = "chatcmpl-" + secrets.token_hex(12)
@@ -128,36 +163,24 @@ class LocalProvider:
         replies = self._replies(call)
         try:
             first = True
-            async for message in replies:
+            async for batch in replies:
                 if first:
                     # Sent only once the worker answered, so an early error keeps its HTTP status.
                     first = False
                     yield chunk({"role": "assistant", "content": ""})
-                if isinstance(message, Chunk):
-                    delta: dict[str, Any] = {}
-                    if message.reasoning:
-                        delta["reasoning_content"] = message.reasoning
-                    if message.text:
-                        delta["content"] = message.text
-                    if message.tool_calls:
-                        delta["tool_calls"] = [self._with_id(fragment) for fragment in message.tool_calls]
-                    if delta:
-                        yield chunk(delta)
-                else:
-                    yield chunk({}, str(message.finish_reason))
+                # Tokens that arrived together go out as one event: one SSE frame, not one per token.
+                delta = _merged_delta([m for m in batch if isinstance(m, Chunk)])
+                if delta:
+                    yield chunk(delta)
+                final = batch[-1]
+                if isinstance(final, Final):
+                    yield chunk({}, str(final.finish_reason))
                     if with_usage:
                         yield {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                                "model": call.requested_model, "system_fingerprint": None, "choices": [],
-                               "usage": usage_json(message.usage)}
+                               "usage": usage_json(final.usage)}
         finally:
             await replies.aclose()  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _with_id(fragment: dict[str, Any]) -> dict[str, Any]:
-        """A tool call's first fragment carries its name; give it an id if the worker sent none."""
-        if (fragment.get("function") or {}).get("name") and not fragment.get("id"):
-            return {**fragment, "id": f"call_{fragment.get('index', 0)}_{secrets.token_hex(6)}"}
-        return fragment
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         return self._chunks(call, call.include_usage)
@@ -218,8 +241,7 @@ class LocalProvider:
             if group[0].ready.embedding_dimensions:
                 extra["dimensions"] = group[0].ready.embedding_dimensions
             infos.append(ModelInfo(id=model, type=kind, owned_by="local", extra=extra))
-        extra_status = {"workers": [w.describe() for w in workers], "dropped_frames": self.pool.dropped_frames,
-                        "endpoint": self.pool.endpoint}
+        extra_status = {"workers": [w.describe() for w in workers], **self.pool.describe()}
         if not workers:
             hint = f"no local worker connected; start one with: acore-worker --connect {self.pool.endpoint} ..."
             return ProviderStatus(ProviderState.NOT_CONFIGURED, (), detail=hint, extra=extra_status)

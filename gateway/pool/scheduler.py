@@ -32,6 +32,9 @@ class WorkerState:
     requests: set[str] = field(default_factory=set)  # this gateway's requests on it
     reported_active: int = 0
     reported_queued: int = 0
+    address: str = ""  # the peer address the gateway sees (tcp:// only)
+    key_id: str = ""  # the CurveZMQ key it authenticated with (tcp:// with keys only)
+    rtt_ms: float | None = None  # heartbeat round trip
 
     @property
     def id(self) -> str:
@@ -63,6 +66,10 @@ class WorkerState:
             "worker_active": self.reported_active,
             "max_concurrency": self.slots,
             "alive": self.alive,
+            "host": self.ready.host or None,
+            "address": self.address or None,
+            "key_id": self.key_id or None,
+            "heartbeat_rtt_ms": self.rtt_ms,
         }
 
 

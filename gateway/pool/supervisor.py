@@ -29,9 +29,11 @@ BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
 
 
-def worker_command(spec: WorkerSpec, endpoint: str) -> list[str]:
+def worker_command(spec: WorkerSpec, endpoint: str, keys: tuple[Path, Path] | None = None) -> list[str]:
     args = [sys.executable, "-m", "workers", "--provider", spec.provider, "--model", spec.model,
             "--connect", endpoint]
+    if keys is not None:  # a CURVE socket: our own workers authenticate like any other
+        args += ["--gateway-key", str(keys[0]), "--key", str(keys[1])]
     if spec.name:
         args += ["--name", spec.name]
     if spec.threads:
@@ -45,9 +47,11 @@ def worker_command(spec: WorkerSpec, endpoint: str) -> list[str]:
 
 class Supervisor:
     def __init__(self, specs: list[WorkerSpec], endpoint: str, env: Mapping[str, str],
-                 on_exit: Callable[[int], None], on_failure: Callable[[str, str], None]) -> None:
+                 on_exit: Callable[[int], None], on_failure: Callable[[str, str], None],
+                 keys: tuple[Path, Path] | None = None) -> None:
         self.specs = specs
         self.endpoint = endpoint
+        self.keys = keys
         self._env = {**env, SUPERVISOR_ENV: str(os.getpid())}
         # The worker must import our packages even when the gateway runs from a source checkout.
         root = str(Path(__file__).resolve().parents[2])
@@ -79,7 +83,7 @@ class Supervisor:
             try:
                 # start_new_session: a Ctrl-C in the terminal reaches the gateway only; it stops workers itself.
                 proc = await asyncio.create_subprocess_exec(
-                    *worker_command(spec, self.endpoint), env=self._env, stdin=asyncio.subprocess.DEVNULL,
+                    *worker_command(spec, self.endpoint, self.keys), env=self._env, stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,
                 )
             except OSError as exc:
