@@ -18,6 +18,7 @@ from gateway.doors.sse import StreamTracker
 from gateway.errors import error_middleware
 from gateway.keys import CONFIG, HTTP_SESSION, PROVIDERS, STREAMS
 from gateway.ops.auth import auth_middleware
+from gateway.ops.drain import inflight_middleware
 from gateway.ops.logs import request_context_middleware
 from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.registry import ProviderRegistry
@@ -25,6 +26,9 @@ from gateway.providers.registry import ProviderRegistry
 # Each module has ``setup(app)``: routes, hooks and cleanup contexts of its own. Order matters:
 # the pool before the doors that use it, and the hooks run in the order they are set up here.
 SUBSYSTEMS: list[str] = [
+    "gateway.ops.observe",  # first: its log writer starts before the others and stops after them; GET /metrics
+    "gateway.ops.drain",  # a graceful stop: in-flight requests finish first
+    "gateway.ops.store",  # state between requests (memory or Redis): a Redis that does not answer stops the start
     "gateway.pool",  # registers the local providers (llamacpp/, mlx/, huggingface/)
     "gateway.pipeline.base_url",  # hooks: the base_url policy first, then attachments, then unload_after
     "gateway.pipeline.attachments",
@@ -56,21 +60,15 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def close_streams(app: web.Application) -> None:
-    """On shutdown, end open streams at once instead of waiting for the drain timeout."""
-    await app[STREAMS].close_all()
-
-
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
         client_max_size=config.limits.max_body_bytes,
-        middlewares=[request_context_middleware, error_middleware, auth_middleware],
+        middlewares=[inflight_middleware, request_context_middleware, error_middleware, auth_middleware],
     )
     app[CONFIG] = config
     app[STREAMS] = StreamTracker()
     app[CALL_HOOKS] = []
     app.cleanup_ctx.append(http_session_ctx)
-    app.on_shutdown.append(close_streams)
     for module in SUBSYSTEMS:
         importlib.import_module(module).setup(app)
     return app

@@ -6,6 +6,7 @@ The environment is read here, once; nothing else in the gateway reads os.environ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 import typing
@@ -101,10 +102,39 @@ class GatewayConfig:
     # plus worker public keys written in the config file ([server] authorized_worker_keys).
     worker_keys: str | None = None
     authorized_worker_keys: tuple[str, ...] = ()
+    # Service: HTTP front processes sharing the port, and where state between requests lives
+    # (ACORE_REDIS_URL: redis://...; unset: in this process's memory).
+    processes: int = 1
+    front_index: int | None = None  # set in the front processes a --processes N gateway starts
+    redis_url: str | None = None
+    config_file: str | None = None  # what SIGHUP re-reads
     default_embeddings: bool = True
     # Route key-less requests to the worker that recently saw the longest shared message prefix
     # (ACORE_CACHE_AWARE_ROUTING=0: plain least-loaded, the benchmark's baseline).
     cache_aware_routing: bool = True
+    # Observability: an access line per request (stderr, or log_file), GET /metrics, and with debug
+    # the seed's files under log_dir (acore_TIMESTAMP.log, YYYYMMDD-payloads.jsonl, verbatim_TIMESTAMP.jsonl).
+    access_log: bool = True
+    log_format: str = "json"  # json | text, for the access log and the gateway's own log lines
+    log_file: str | None = None
+    log_dir: str = "logs"
+    log_max_bytes: int = 64 * 1024 * 1024  # each log file rotates at this size (5 kept)
+    metrics: bool = True
+    metrics_key: str | None = None  # also accepted on /metrics (alone guards it when no gateway key is set)
+
+    @property
+    def supervises_workers(self) -> bool:
+        """This process starts the configured workers: a single-process gateway (the front processes
+        of a --processes N gateway leave that to their parent)."""
+        return self.front_index is None
+
+    def secrets(self) -> list[str]:
+        """Every key this configuration holds: the log formatter masks them wherever they appear."""
+        found = [*self.auth_keys]
+        for settings in self.providers.values():
+            found.append(settings.api_key or "")
+            found.append(self.env_value(settings.api_key_env) or "")
+        return [s for s in found if s]
 
     def provider_settings(self, name: str) -> ProviderSettings:
         return self.providers.get(name, ProviderSettings())
@@ -136,6 +166,8 @@ def _load_file(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
 
 
 _MAY_BE_ZERO = frozenset({"stream_interval_ms"})
@@ -161,6 +193,43 @@ def _dataclass_from(cls: Any, data: Mapping[str, Any], section: str) -> Any:
             if not value > 0 and not (key in _MAY_BE_ZERO and value == 0):
                 raise ConfigError(f"[{section}] {key} must be greater than 0, got {value!r}")
     return cls(**values)
+
+
+def _processes(value: Any) -> int:
+    """``--processes N|auto``: a positive count, or the number of cores."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"processes must be a number or auto, got {value!r}") from None
+    if count < 1:
+        raise ConfigError(f"processes must be at least 1, got {count}")
+    return count
+
+
+def _switch(env_value: str | None, default: Any) -> bool:
+    """An on/off setting: the environment's 0/1/true/false/on/off wins over the file's boolean."""
+    if env_value is not None and env_value.strip():
+        return _truthy(env_value)
+    return bool(default)
+
+
+def _log_format(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("json", "text"):
+        raise ConfigError(f"log format must be json or text, got {value!r}")
+    return text
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{name} must be at least 1, got {number}")
+    return number
 
 
 def load_config(
@@ -219,15 +288,33 @@ def load_config(
         "worker_bind": env.get("ACORE_WORKER_BIND") or server.get("worker_bind"),
         "worker_keys": env.get("ACORE_WORKER_KEYS") or server.get("worker_keys"),
         "authorized_worker_keys": tuple(server.get("authorized_worker_keys", ())),
+        "processes": _processes(env.get("ACORE_PROCESSES") or server.get("processes", 1)),
+        "redis_url": env.get("ACORE_REDIS_URL") or server.get("redis_url"),
+        "front_index": int(env["ACORE_FRONT_INDEX"]) if env.get("ACORE_FRONT_INDEX", "").isdigit() else None,
+        "config_file": config_file,
         "default_embeddings": server.get("default_embeddings", True),
         "cache_aware_routing": (_truthy(env["ACORE_CACHE_AWARE_ROUTING"]) if env.get("ACORE_CACHE_AWARE_ROUTING")
                                 else bool(server.get("cache_aware_routing", True))),
+        "access_log": _switch(env.get("ACORE_ACCESS_LOG"), server.get("access_log", True)),
+        "log_format": _log_format(env.get("ACORE_LOG_FORMAT") or server.get("log_format", "json")),
+        "log_file": env.get("ACORE_LOG_FILE") or server.get("log_file"),
+        "log_dir": env.get("ACORE_LOG_DIR") or server.get("log_dir", "logs"),
+        "log_max_bytes": _positive_int("log_max_bytes", env.get("ACORE_LOG_MAX_BYTES")
+                                       or server.get("log_max_bytes", 64 * 1024 * 1024)),
+        "metrics": _switch(env.get("ACORE_METRICS"), server.get("metrics", True)),
+        "metrics_key": env.get("ACORE_METRICS_KEY") or server.get("metrics_key"),
     }
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key == "workers":
             values["workers"] = tuple(values["workers"]) + tuple(value)
+        elif key == "processes":
+            values["processes"] = _processes(value)
+        elif key == "shutdown_timeout_s":
+            if not value > 0:
+                raise ConfigError(f"--shutdown-timeout must be greater than 0, got {value!r}")
+            values["limits"] = dataclasses.replace(values["limits"], shutdown_timeout_s=float(value))
         else:
             values[key] = value
     return GatewayConfig(**values)

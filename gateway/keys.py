@@ -1,7 +1,7 @@
 """The application state every part shares, as typed AppKeys (no module globals).
 
 Subsystems keep their own keys beside their code (the worker pool's ``POOL``, the
-Responses door's ``RESPONSE_STORE``, the hooks' ``CALL_HOOKS``).
+state store's ``STATE_STORE``, the hooks' ``CALL_HOOKS``).
 """
 
 from __future__ import annotations

@@ -26,3 +26,29 @@ def is_loopback_tcp(endpoint: str) -> bool:
         return True
     host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
     return host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+
+
+def front_endpoint(endpoint: str, index: int) -> str:
+    """The worker socket of HTTP front ``index`` when a gateway runs several (``--processes N``).
+
+    Front 0 keeps the configured endpoint; the others bind beside it: the next tcp ports, or ipc
+    paths with ``-INDEX`` before the extension. Workers connect to every one of them."""
+    if index == 0:
+        return endpoint
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        return f"tcp://{host}:{int(port) + index}"
+    path = Path(endpoint[len("ipc://"):])
+    return f"ipc://{path.with_name(f'{path.stem}-{index}{path.suffix}')}"
+
+
+def dialable(endpoint: str, dialled: str) -> str:
+    """A peer's advertised endpoint as this side can dial it: a tcp:// bind on a wildcard address
+    (``*``, 0.0.0.0, ``::``) is reached on the host this side dialled to get the advertisement."""
+    if not endpoint.startswith("tcp://") or not dialled.startswith("tcp://"):
+        return endpoint
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if host.strip("[]") in ("*", "0.0.0.0", "::", ""):
+        dialled_host = dialled[len("tcp://"):].rpartition(":")[0]
+        return f"tcp://{dialled_host}:{port}"
+    return endpoint

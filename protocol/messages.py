@@ -97,6 +97,16 @@ class Probe(Message, frozen=True, tag="probe"):
     session: str
 
 
+class Fronts(Message, frozen=True, tag="fronts"):
+    """Gateway -> worker, after its Ready: every HTTP front's worker socket (``--processes N``).
+
+    A worker connects to those it has not dialled yet, so every front reaches every worker
+    whichever one it was pointed at. tcp:// endpoints on a wildcard address are dialled on the
+    host the worker already reached."""
+
+    endpoints: list[str]
+
+
 class Chunk(Message, frozen=True, tag="chunk"):
     """Incremental output of one generation. Tokens may be coalesced."""
 
@@ -198,5 +208,6 @@ class CacheOp(Message, frozen=True, tag="cache"):
 
 
 WorkerMessage = Ready | Heartbeat | Goodbye | Chunk | Final | Error
-GatewayMessage = Heartbeat | Probe | Generate | Embed | Abort | Unload | CacheOp
-AnyMessage = Ready | Heartbeat | Goodbye | Probe | Chunk | Final | Error | Generate | Embed | Abort | Unload | CacheOp
+GatewayMessage = Heartbeat | Probe | Fronts | Generate | Embed | Abort | Unload | CacheOp
+AnyMessage = (Ready | Heartbeat | Goodbye | Probe | Fronts | Chunk | Final | Error | Generate | Embed | Abort | Unload
+              | CacheOp)

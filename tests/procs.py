@@ -100,6 +100,8 @@ def start(
 def start_gateway(log_dir: Path, env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
                   timeout: float = 30.0) -> Proc:
     port = free_port()
+    # Debug logs (--debug, ABSTRACTCORE_DEBUG) go beside the process log, never into the checkout's logs/.
+    env = {"ACORE_LOG_DIR": str(log_dir / f"gateway-{port}-logs"), **(env or {})}
     return start(["-m", "gateway", "--port", str(port), "--no-default-embeddings", *extra_args],
                  port=port, log_dir=log_dir, name="gateway", env=env, timeout=timeout)
 

@@ -26,6 +26,7 @@ from protocol.local import (
     TEST_BACKENDS_ENV,
     WORKER_PROVIDERS,
     default_name,
+    die_with_parent,
     resolve_engine,
 )
 from workers.backend import BACKENDS, Backend, ModelLoadError
@@ -140,8 +141,6 @@ def main(argv: list[str] | None = None) -> None:
     supervisor = os.environ.get(SUPERVISOR_ENV)
     parent_pid = int(supervisor) if supervisor and supervisor.isdigit() else None
     if parent_pid is not None:
-        from workers.loop import die_with_parent
-
         die_with_parent()
         if os.getppid() != parent_pid:  # the gateway died before prctl took effect
             raise SystemExit(1)

@@ -14,7 +14,6 @@ thread is still busy sending the previous frame ride in the next one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -32,6 +31,7 @@ import zmq
 
 from protocol.codec import MalformedFrame, encode, vectors_to_frame, worker_side_decoder
 from protocol.curve import CurveKeys
+from protocol.endpoints import dialable
 from protocol.local import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 from protocol.messages import (
     Abort,
@@ -42,6 +42,7 @@ from protocol.messages import (
     ErrorCode,
     Final,
     FinishReason,
+    Fronts,
     Generate,
     Goodbye,
     Heartbeat,
@@ -57,7 +58,6 @@ from workers.sockets import HandshakeWatch, connect_dealer
 log = logging.getLogger("acore.worker")
 
 POLL_MS = 100
-PR_SET_PDEATHSIG = 1
 
 # Pipe frame kinds (model thread -> IO thread).
 _SEND = b"S"  # [kind, socket index, request id, *frames]: send the request's waiting output, then these frames
@@ -73,17 +73,6 @@ MAX_BATCH_WINDOW_FACTOR = 5
 class _Work:
     sock: int
     message: AnyMessage
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the parent (the supervising gateway) dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # the getppid() poll in the IO loop still catches it
 
 
 class WorkerLoop:
@@ -113,6 +102,8 @@ class WorkerLoop:
         self._aborted: set[str] = set()
         self._known: dict[str, int] = {}  # request id -> socket index, for queued and running requests
         self._outbox = Outbox()
+        self._dialled: list[str] = []  # endpoint of each socket, by index
+        self._to_dial: list[str] = []  # advertised by a gateway (Fronts), not dialled yet
         self._active = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._pipe_addr = f"inproc://acore-worker-pipe-{id(self)}"
@@ -147,26 +138,36 @@ class WorkerLoop:
         """Serve until SIGTERM/SIGINT, the parent's death, or stop(); returns the exit status."""
         pipe_in = self._ctx.socket(zmq.PULL)
         pipe_in.bind(self._pipe_addr)
-        sockets = [connect_dealer(self._ctx, endpoint, self.worker_id, self.curve) for endpoint in self.endpoints]
-        watches = [HandshakeWatch(sock, endpoint) for sock, endpoint in zip(sockets, self.endpoints, strict=True)
-                   if endpoint.startswith("tcp://")]
+        sockets: list[zmq.Socket[bytes]] = []
+        watches: list[HandshakeWatch] = []
+        last_seen: list[float] = []
         self._sockets = sockets
-        model_thread = threading.Thread(target=self._model_thread, name="model", daemon=True)
-        model_thread.start()
         poller = zmq.Poller()
         poller.register(pipe_in, zmq.POLLIN)
-        for sock in sockets:
+
+        def dial(endpoint: str) -> None:
+            sock = connect_dealer(self._ctx, endpoint, self.worker_id, self.curve)
+            sockets.append(sock)
+            self._dialled.append(endpoint)
+            last_seen.append(time.monotonic())
             poller.register(sock, zmq.POLLIN)
-        for watch in watches:
-            poller.register(watch.monitor, zmq.POLLIN)
-        ready = encode(self.ready_message())
-        for sock in sockets:
-            self._send(sock, ready)
-        now = time.monotonic()
-        last_seen = [now] * len(sockets)
-        next_beat = now + HEARTBEAT_INTERVAL_S
+            if endpoint.startswith("tcp://"):
+                watch = HandshakeWatch(sock, endpoint)
+                watches.append(watch)
+                poller.register(watch.monitor, zmq.POLLIN)
+            self._send(sock, encode(self.ready_message()))
+
+        for endpoint in self.endpoints:
+            dial(endpoint)
+        model_thread = threading.Thread(target=self._model_thread, name="model", daemon=True)
+        model_thread.start()
+        next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
         try:
             while not self._stop.is_set():
+                while self._to_dial:  # other fronts of a gateway we reached (Fronts)
+                    endpoint = self._to_dial.pop(0)
+                    log.info("joining another front of the gateway at %s", endpoint)
+                    dial(endpoint)
                 due = self._outbox.next_due()
                 wait_ms = POLL_MS if due is None else max(0, min(POLL_MS, int((due - time.monotonic()) * 1000) + 1))
                 events = dict(poller.poll(wait_ms))
@@ -270,6 +271,13 @@ class WorkerLoop:
             return
         if isinstance(message, Probe):
             self._send(sock, encode(self.ready_message()))
+            return
+        if isinstance(message, Fronts):
+            dialled = self._dialled[index]
+            for endpoint in message.endpoints:
+                target = dialable(endpoint, dialled)
+                if target not in self._dialled and target not in self._to_dial:
+                    self._to_dial.append(target)
             return
         if isinstance(message, Abort):
             # Set at once, from this thread: the model thread polls it between tokens.

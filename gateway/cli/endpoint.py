@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.cli.serve import run
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.keys import PROVIDERS
+from gateway.ops.health import SINGLE_MODEL
 from gateway.providers.registry import ProviderRegistry
 from protocol.local import ENDPOINT_PROVIDERS, default_name, listed_under, resolve_engine
 
@@ -80,6 +81,7 @@ def create_endpoint_app(config: GatewayConfig) -> web.Application:
         raise ConfigError("acore-endpoint serves exactly one model")
     provider, model = served_model(config.workers[0])
     app = create_app(config)
+    app[SINGLE_MODEL] = True  # /health is this model's state
 
     async def single_model(app: web.Application) -> AsyncIterator[None]:
         # Appended after create_app's contexts, so the pool has registered its local providers.

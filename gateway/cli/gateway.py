@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from pathlib import Path
 
 from gateway.app import create_app
-from gateway.cli.serve import run
+from gateway.cli.fronts import run_fronts
+from gateway.cli.serve import install_event_loop, run
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
+from gateway.ops.logs import setup_logging
 from gateway.pool.auth import ensure_gateway_keys, gateway_key_files
 from protocol.curve import AUTHORIZED_DIR, key_id
+from protocol.local import die_with_parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,10 +37,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-keys", metavar="DIR",
                         help="CurveZMQ keys for a tcp:// worker bind: DIR/gateway.key_secret (made when absent) and "
                              "DIR/authorized/*.key, the worker keys allowed to join; also ACORE_WORKER_KEYS")
+    parser.add_argument("--processes", metavar="N|auto", default=None,
+                        help="HTTP front processes sharing the port (default 1; auto: one per core); "
+                             "also ACORE_PROCESSES")
+    parser.add_argument("--shutdown-timeout", type=float, metavar="S", default=None,
+                        help="on SIGTERM, how long in-flight requests and streams may finish (default 5 s)")
     parser.add_argument("--no-default-embeddings", action="store_true",
                         help="do not start the packaged all-MiniLM-L6-v2 embeddings worker")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="event loop: uvloop when installed (auto, the default), or the standard asyncio loop")
+    parser.add_argument("--log-format", choices=("json", "text"), default=None,
+                        help="access log and log lines as JSON objects (default) or text; also ACORE_LOG_FORMAT")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="write the access log to FILE (rotated by size) instead of stderr; also ACORE_LOG_FILE")
+    parser.add_argument("--log-dir", metavar="DIR",
+                        help="with --debug: where acore_TIMESTAMP.log, YYYYMMDD-payloads.jsonl and "
+                             "verbatim_TIMESTAMP.jsonl go (default logs/); also ACORE_LOG_DIR")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="no access line per request (on by default); also ACORE_ACCESS_LOG=0")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="no GET /metrics and nothing recorded for it; also ACORE_METRICS=0")
     return parser.parse_args(argv)
 
 
@@ -47,7 +68,14 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         "workers": [WorkerSpec.parse(text) for text in args.worker] or None,
         "worker_bind": args.worker_bind,
         "worker_keys": args.worker_keys,
+        "processes": args.processes,
+        "shutdown_timeout_s": args.shutdown_timeout,
         "default_embeddings": False if args.no_default_embeddings else None,
+        "log_format": args.log_format,
+        "log_file": args.log_file,
+        "log_dir": args.log_dir,
+        "access_log": False if args.no_access_log else None,
+        "metrics": False if args.no_metrics else None,
     }
     return load_config(config_file=args.config, overrides=overrides)
 
@@ -76,8 +104,31 @@ def main(argv: list[str] | None = None) -> None:
         keygen(argv[1:])
         return
     args = parse_args(argv)
+    if os.environ.get("ACORE_FRONT_INDEX"):
+        die_with_parent()  # a front of a --processes N gateway: it ends with its parent
+    else:
+        try:
+            processes = build_config(args).processes
+        except ConfigError as exc:
+            print(f"acore-gateway: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if processes > 1:
+            run_parent(args, argv)
+            return
     run("acore-gateway", args.loop, lambda: build_config(args), create_app,
         lambda config, loop: f"acore-gateway listening on http://{config.host}:{config.port} ({loop} event loop)")
+
+
+def run_parent(args: argparse.Namespace, argv: list[str]) -> None:
+    """The parent of N front processes (gateway/cli/fronts.py): it owns the workers, serves no HTTP."""
+    install_event_loop(args.loop)
+    try:
+        config = build_config(args)
+        setup_logging(config.debug, config.secrets())
+        asyncio.run(run_fronts(config, argv))
+    except ConfigError as exc:
+        print(f"acore-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 
 from aiohttp import web
 
 from gateway.config import ConfigError, GatewayConfig
+from gateway.ops.drain import HURRY
 from gateway.ops.logs import setup_logging
+from gateway.ops.reload import RELOAD, reload_config
+from protocol.endpoints import runtime_dir
 
 
 def install_event_loop(choice: str) -> str:
@@ -30,24 +35,60 @@ def install_event_loop(choice: str) -> str:
 
 def config_secrets(config: GatewayConfig) -> list[str]:
     """Every key the configuration holds: the log formatter masks them wherever they appear."""
-    secrets = [*config.auth_keys]
-    for settings in config.providers.values():
-        secrets.append(settings.api_key or "")
-        secrets.append(config.env_value(settings.api_key_env) or "")
-    return secrets
+    return config.secrets()
 
 
-def serve(app: web.Application, config: GatewayConfig) -> None:
-    """Run an app built by create_app with the gateway's shutdown and cancellation settings."""
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.limits.shutdown_timeout_s,
-        handler_cancellation=True,  # a client that goes away cancels its upstream work at once
-        access_log=None,
-        print=lambda text: print(text, file=sys.stderr, flush=True),
-    )
+def front_started(config: GatewayConfig) -> None:
+    (runtime_dir(config.port) / f"front-{config.front_index}.started").write_text(str(os.getpid()))
+
+
+def serve(app: web.Application, config: GatewayConfig, reload: Callable[[], object] | None = None) -> None:
+    """Run an app built by create_app until SIGTERM/SIGINT, then stop it gracefully (ops/drain.py).
+
+    Not aiohttp's run_app: the stop drains first, SIGHUP reloads the configuration, a port in use
+    is a ConfigError (one line, exit 2) after the start-up already done is undone, and several
+    processes may share the port (SO_REUSEPORT, --processes N)."""
+    asyncio.run(_serve(app, config, reload))
+
+
+async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[], object] | None) -> None:
+    loop = asyncio.get_running_loop()
+    # Our own drain waits for in-flight requests; aiohttp then only waits a moment for stragglers.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    try:
+        await runner.setup()  # start-up: the cleanup contexts (HTTP session, state store, worker pool, ...)
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=config.processes > 1, backlog=1024)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()  # undo what the start-up did (workers started, sockets bound)
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    if config.front_index is not None:
+        front_started(config)  # tell the parent of a --processes N gateway this front listens
+    stop = asyncio.Event()
+    signals = {"count": 0}
+
+    def on_stop() -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            app[HURRY]["now"] = True  # a second signal: end open streams without waiting
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        # a signal during the drain still means "hurry"
+        loop.add_signal_handler(signal.SIGTERM, on_stop)
+        loop.add_signal_handler(signal.SIGINT, on_stop)
+        await runner.cleanup()
 
 
 def run(prog: str, loop: str, build_config: Callable[[], GatewayConfig],
@@ -62,4 +103,9 @@ def run(prog: str, loop: str, build_config: Callable[[], GatewayConfig],
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.getLogger("acore.gateway").info("%s", banner(config, loop_name))
-    serve(app, config)
+    app[RELOAD] = build_config
+    try:
+        serve(app, config, lambda: reload_config(app))
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

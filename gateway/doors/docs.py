@@ -29,6 +29,7 @@ OPERATIONS: list[tuple[str, str, str, str | None, str]] = [
     ("get", "/v1/models", "List models of every provider (?provider=, ?type=)", None, "models"),
     ("get", "/providers", "Providers and their probed state", None, "models"),
     ("get", "/health", "Liveness", None, "health"),
+    ("get", "/metrics", "Prometheus metrics (text format); the gateway key or ACORE_METRICS_KEY", None, "health"),
 ]
 
 

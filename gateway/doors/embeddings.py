@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.doors.http import read_request
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
+from gateway.ops.stats import current, note_upstream_error
 from gateway.pipeline.base_url import check_client_base_url
 from gateway.pipeline.chat import provider_key_from
 from gateway.providers.base import EmbedCall, EmbedResult
@@ -118,7 +119,11 @@ async def embeddings(request: web.Request) -> web.Response:
         base_url=base_url,
         base_url_trusted=trusted,
     )
-    result: EmbedResult = await provider.embed(call)
+    try:
+        result: EmbedResult = await provider.embed(call)
+    except GatewayError as exc:
+        note_upstream_error(exc)
+        raise
     vectors = np.asarray(result.vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != count or vectors.shape[1] == 0:
         raise GatewayError(502, f"Provider {provider_name} returned {vectors.shape[0] if vectors.ndim else 0} "
@@ -127,6 +132,9 @@ async def embeddings(request: web.Request) -> web.Response:
         raise GatewayError(502, f"Provider {provider_name} returned non-finite embedding values.", type="server_error")
     vectors = _truncate(vectors, parsed.dimensions)
     tokens = int(result.prompt_tokens)
+    stats = current()
+    if stats is not None:
+        stats.input_tokens, stats.embed_inputs = tokens, count
     payload = {
         "object": "list",
         "data": _embedding_items(vectors, parsed.encoding_format or "float"),

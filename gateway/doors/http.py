@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -12,6 +13,8 @@ from aiohttp import web
 from gateway.doors.sse import SSEWriter
 from gateway.errors import GatewayError, bad_request, invalid
 from gateway.keys import CONFIG, STREAMS
+from gateway.ops.logs import server_timing
+from gateway.ops.stats import OBSERVER, current
 from protocol.openai import RequestValidationError, validate
 
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/octet-stream", "text/plain")
@@ -34,6 +37,9 @@ async def read_json_body(request: web.Request) -> dict[str, Any]:
             raw = await request.read()
     except TimeoutError:
         raise GatewayError(408, "Timed out reading the request body.", code="request_timeout") from None
+    stats = current()
+    if stats is not None and stats.capture is not None:  # debug logs: the payload as it arrived
+        request.app[OBSERVER].payload(request, raw, stats)
     if not raw:
         raise bad_request("The request body is empty: send a JSON object.")
     try:
@@ -80,6 +86,11 @@ async def stream_events(
     extra = dict(headers or {})
     if headers_after_first is not None:
         extra.update(headers_after_first())
+    stats = current()
+    if stats is not None:
+        # The headers leave with the first event: the times up to it (the upstream's time to first
+        # event, and ours); the whole request's are in the access log and /metrics.
+        extra["Server-Timing"] = server_timing(stats, time.perf_counter())
     writer = SSEWriter(request, extra)
     request.app[STREAMS].register()
     try:

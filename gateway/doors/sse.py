@@ -92,11 +92,16 @@ class SSEWriter:
 
 
 class StreamTracker:
-    """Tasks serving open streams; shutdown cancels them so the server stops promptly."""
+    """In-flight requests and the tasks serving open streams, for a graceful stop (ops/drain.py):
+    the server waits for them up to its shutdown timeout, then cancels the streams left, each of
+    which ends with an error event."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
+        self.requests = 0  # requests being handled (counted by ops/drain.py's middleware)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def register(self) -> None:
         task = asyncio.current_task()
@@ -106,6 +111,25 @@ class StreamTracker:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def started(self) -> None:
+        self.requests += 1
+        self._idle.clear()
+
+    def ended(self) -> None:
+        self.requests -= 1
+        if self.requests <= 0:
+            self.requests = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:  # noqa: ASYNC109 - a deadline for the whole drain
+        """Wait until no request is in flight, at most ``timeout`` seconds; True when it is so."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close_all(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - bounds the wait for cancelled tasks only
         self.closing = True

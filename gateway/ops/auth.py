@@ -1,4 +1,6 @@
-"""Gateway authentication: a bearer key on every route but /health when one is configured."""
+"""Gateway authentication: a bearer key on every route but /health when one is configured.
+
+/metrics also takes ACORE_METRICS_KEY, and needs it when no gateway key is set."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ from aiohttp import web
 from gateway.errors import GatewayError
 from gateway.keys import CONFIG
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/health/ready"})
+METRICS_PATH = "/metrics"
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    keys = request.app[CONFIG].auth_keys
+    config = request.app[CONFIG]
+    keys = config.auth_keys
+    if config.metrics_key and request.path == METRICS_PATH:
+        keys = (*keys, config.metrics_key)  # a scraper may hold a key of its own (ACORE_METRICS_KEY)
     if keys and request.path not in OPEN_PATHS and request.method != "OPTIONS":
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")

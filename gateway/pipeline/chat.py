@@ -8,18 +8,23 @@ ChatCall; ``complete`` and ``stream`` run it on the provider inside the hook bra
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.errors import bad_request
+from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
+from gateway.ops.stats import current, note_upstream_error
 from gateway.pipeline.hooks import HooksAround
 from gateway.providers.base import ChatCall
 from gateway.providers.registry import Target
 from protocol.chat import ChatRequest
+
+log = logging.getLogger("acore.gateway")
 
 
 def provider_key_from(headers: Mapping[str, str], api_key: Any) -> str | None:
@@ -46,6 +51,10 @@ def new_call(app: web.Application, request: ChatRequest, headers: Mapping[str, s
     """The ChatCall for a canonical request (no I/O); ``target`` when the door already resolved the model."""
     check_limits(app[CONFIG], request)
     provider, model, requested = target or app[PROVIDERS].resolve(request.model)
+    if log.isEnabledFor(logging.DEBUG):  # the seed's "Chat Completion Request" event (debug logs only)
+        log.debug("chat completion request", extra={"fields": {
+            "request_id": request_id, "provider": provider, "model": model, "messages": len(request.messages),
+            "has_tools": bool(request.tools), "stream": bool(request.stream)}})
     return ChatCall(
         request_id=request_id,
         provider=provider,
@@ -60,24 +69,81 @@ def new_call(app: web.Application, request: ChatRequest, headers: Mapping[str, s
 async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
     """Run a non-streaming chat; the answer's ``model`` is what the client asked for."""
     provider = app[PROVIDERS].provider_for(call.provider)
+    stats = current()
     async with HooksAround(app, call):
-        result = await provider.chat(call)
+        if stats is not None and stats.capture is not None:
+            stats.capture.request = _verbatim_request(call)  # a failed call is logged too
+        try:
+            result = await provider.chat(call)
+        except GatewayError as exc:
+            note_upstream_error(exc)
+            raise
     result["model"] = call.requested_model
+    if stats is not None:
+        stats.set_usage(result.get("usage") or call.usage)
+        if stats.capture is not None:
+            stats.capture.response = result
     return result
 
 
 async def stream(app: web.Application, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
-    """Chunks as the provider produces them, ``model`` rewritten to what the client asked for."""
+    """Chunks as the provider produces them, ``model`` rewritten to what the client asked for.
+
+    With a request's RequestStats current, it also notes when the first token went out and the
+    usage (from a usage chunk, else what the provider reported on the call: translating providers
+    always know it, whether or not the client asked for it), once, when the stream ends."""
     provider = app[PROVIDERS].provider_for(call.provider)
+    stats = current()
     async with HooksAround(app, call):
         chunks = provider.chat_stream(call)
         requested = call.requested_model
         try:
+            if stats is None:
+                async for chunk in chunks:
+                    chunk["model"] = requested
+                    yield chunk
+                return
+            capture = stats.capture
+            collected: list[dict[str, Any]] | None = None
+            if capture is not None:  # debug logs: the verbatim entry assembles what the client was sent
+                capture.request = _verbatim_request(call)
+                collected = capture.chunks = []
+            usage = None
+            waiting_first = True
             async for chunk in chunks:
                 chunk["model"] = requested
+                if waiting_first and _has_token(chunk):
+                    stats.first_token = time.perf_counter()
+                    waiting_first = False
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                if collected is not None:
+                    collected.append(chunk)
                 yield chunk
+            stats.set_usage(usage or call.usage)
+        except GatewayError as exc:
+            note_upstream_error(exc)
+            if stats is not None:
+                stats.set_usage(call.usage)  # tokens the provider reported before it failed, if any
+            raise
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _has_token(chunk: dict[str, Any]) -> bool:
+    """A chunk carrying generated text, reasoning or a tool call (not the role-only first chunk)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if delta and (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")):
+            return True
+    return False
+
+
+def _verbatim_request(call: ChatCall) -> dict[str, Any]:
+    """What the verbatim log shows as the model's input: the canonical request as the model got it."""
+    body = call.request.openai_body()
+    body["model"] = f"{call.provider}/{call.model}"
+    return body
 
 
 def notices_header(call: ChatCall) -> dict[str, str]:

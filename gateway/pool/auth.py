@@ -84,14 +84,15 @@ class KeyRing:
     keys: dict[bytes, str] = field(default_factory=dict)  # public key -> where it came from
     _seen: tuple[Any, ...] = ()
 
-    def reload(self) -> bool:
-        """Re-read the directory if it changed; True when the set of keys changed."""
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the directory if it changed (or ``force``: the inline keys changed); True when the set
+        of keys changed."""
         if self.directory is not None:
             try:
                 listing = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self.directory.glob("*.key")))
             except OSError:
                 listing = ()
-            if listing == self._seen and self.keys:
+            if listing == self._seen and self.keys and not force:
                 return False
             self._seen = listing
         found = {**(authorized_keys(self.directory) if self.directory is not None else {}), **self.inline,
@@ -134,7 +135,8 @@ class _Authenticator(AsyncioAuthenticator):
 class WorkerAuth:
     """CURVE for the pool's ROUTER socket: the gateway's keys, the key ring, the ZAP handler, refusals."""
 
-    def __init__(self, keys_dir: Path, inline: list[bytes] | None = None, runtime_dir: Path | None = None) -> None:
+    def __init__(self, keys_dir: Path, inline: list[bytes] | None = None, runtime_dir: Path | None = None,
+                 make_supervised_key: bool = True) -> None:
         self.keys_dir = keys_dir
         self.pair, made = ensure_gateway_keys(keys_dir)
         if made:
@@ -145,7 +147,7 @@ class WorkerAuth:
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # (kind, host) -> (last logged, since then)
         self.supervised_key_file: Path | None = None
         if runtime_dir is not None:
-            self.supervised_key_file = self._supervised_key(runtime_dir)
+            self.supervised_key_file = self._supervised_key(runtime_dir, make_supervised_key)
         self._authenticator: _Authenticator | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._monitor: HandshakeMonitor | None = None
@@ -154,13 +156,20 @@ class WorkerAuth:
     def gateway_public_file(self) -> Path:
         return gateway_key_files(self.keys_dir)[0]
 
-    def _supervised_key(self, runtime_dir: Path) -> Path:
-        """A key pair for the workers this gateway starts itself, in its private 0700 runtime directory."""
+    def _supervised_key(self, runtime_dir: Path, make: bool) -> Path:
+        """A key pair for the workers this gateway starts itself, in its private 0700 runtime directory.
+
+        The process that starts the workers makes a fresh pair; the front processes of a
+        --processes N gateway (``make=False``) authorise the pair their parent made."""
         secret = runtime_dir / f"{SUPERVISED_KEY_NAME}.key_secret"
-        for path in (secret, runtime_dir / f"{SUPERVISED_KEY_NAME}.key"):
-            path.unlink(missing_ok=True)  # a fresh pair per gateway run
-        create_key_pair(runtime_dir, SUPERVISED_KEY_NAME)
-        self.ring.extra[load_pair(secret).public] = "this gateway's supervised workers"
+        if make:
+            for path in (secret, runtime_dir / f"{SUPERVISED_KEY_NAME}.key"):
+                path.unlink(missing_ok=True)  # a fresh pair per gateway run
+            create_key_pair(runtime_dir, SUPERVISED_KEY_NAME)
+        try:
+            self.ring.extra[load_pair(secret).public] = "this gateway's supervised workers"
+        except KeyFileError as exc:
+            raise ConfigError(f"the supervised workers' key: {exc}") from None
         return secret
 
     def refuse(self, kind: str, address: str, detail: str = "") -> None:

@@ -36,6 +36,7 @@ from protocol.messages import (
     Error,
     ErrorCode,
     Final,
+    Fronts,
     Goodbye,
     Heartbeat,
     Probe,
@@ -75,8 +76,11 @@ def worker_dead(worker: WorkerState, reason: str) -> GatewayError:
 
 class WorkerPool:
     def __init__(self, endpoint: str, queue_depth: int, expected: Callable[[str, str], bool],
-                 failure: Callable[[str], str | None] = lambda _name: None, auth: WorkerAuth | None = None) -> None:
+                 failure: Callable[[str], str | None] = lambda _name: None, auth: WorkerAuth | None = None,
+                 fronts: list[str] | None = None) -> None:
         self.endpoint = endpoint
+        self.fronts = fronts or [endpoint]  # every HTTP front's worker socket (--processes N)
+        self.expected_models: set[tuple[str, str]] = set()  # (engine, name) of the configured workers
         self.auth = auth if endpoint.startswith("tcp://") else None
         self.session = "gw-" + secrets.token_hex(6)
         self.scheduler = Scheduler(queue_depth, expected, failure)
@@ -275,6 +279,11 @@ class WorkerPool:
                  ready.pid, worker.slots, f", from {address}" if address else "",
                  f", key {worker.key_id}" if worker.key_id else "")
         self.scheduler.add(worker)
+        if len(self.fronts) > 1:  # the worker joins every front, whichever it was pointed at
+            try:
+                self._send([identity, *encode(Fronts(endpoints=self.fronts))])
+            except (zmq.ZMQError, GatewayError):
+                pass
 
     def _probe(self, identity: bytes) -> None:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request
+from gateway.ops.stats import current, note_retry
 from gateway.pool.client import WorkerPool
 from gateway.pool.lease import Lease, Reply
 from gateway.pool.scheduler import RequestInfo, WorkerState
@@ -132,19 +133,29 @@ class LocalProvider:
         timeout = self._timeout(call)
         # a non-streaming answer is collected whole: no reason to hold its batches back
         interval = interval_ms / 1000 if call.stream else 0.0
+        stats = current()
+        clock = time.perf_counter
         for attempt in range(MAX_FAILOVERS + 1):
+            started = clock()
             lease = await self._lease(call.model, request_id, message)
+            if stats is not None:  # waiting for a free worker slot is waiting on the workers
+                stats.upstream_s += clock() - started
             answered = False
             async with lease:
                 await lease.send(message)
                 while True:
+                    started = clock()
                     try:
                         batch = await lease.next_batch(timeout, interval)
                     except GatewayError as exc:
                         # Nothing reached the client yet: the request can run again on another worker.
                         if exc.code == ErrorCode.WORKER_DEAD and not answered and attempt < MAX_FAILOVERS:
+                            note_retry("worker_failover")
                             break
                         raise
+                    finally:
+                        if stats is not None:
+                            stats.upstream_s += clock() - started
                     answered = True
                     messages = [reply.message for reply in batch]
                     yield messages  # type: ignore[misc]
@@ -174,6 +185,7 @@ class LocalProvider:
                     yield chunk(delta)
                 final = batch[-1]
                 if isinstance(final, Final):
+                    call.usage = usage_json(final.usage)  # counted even when the client asked for no usage
                     yield chunk({}, str(final.finish_reason))
                     if with_usage:
                         yield {"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -195,6 +207,8 @@ class LocalProvider:
         request_id = self._request_id(call.request_id)
         message = Embed(request_id=request_id, texts=call.texts, dimensions=call.dimensions, truncate=call.truncate)
         reply: Reply | None = None
+        stats = current()
+        started = time.perf_counter()
         for attempt in range(MAX_FAILOVERS + 1):
             async with await self._lease(call.model, request_id) as lease:
                 await lease.send(message)
@@ -203,9 +217,12 @@ class LocalProvider:
                     reply = await lease.next(max(self._limits.stream_idle_timeout_s, 0.25 * len(call.texts)))
                 except GatewayError as exc:
                     if exc.code == ErrorCode.WORKER_DEAD and attempt < MAX_FAILOVERS:
+                        note_retry("worker_failover")
                         continue  # embeddings are idempotent: ask another worker
                     raise
             break
+        if stats is not None:
+            stats.upstream_s += time.perf_counter() - started
         if reply is None or not isinstance(reply.message, Final):
             raise GatewayError(502, "The worker ended the request without an answer.", type="server_error")
         final = reply.message
@@ -240,9 +257,21 @@ class LocalProvider:
             }
             if group[0].ready.embedding_dimensions:
                 extra["dimensions"] = group[0].ready.embedding_dimensions
+            extra["state"] = "ready"
             infos.append(ModelInfo(id=model, type=kind, owned_by="local", extra=extra))
+        # Configured models without a live worker yet are listed too, with what keeps them (a client
+        # asking now waits in the queue while one loads; a model that cannot load fails fast).
+        for engine, name in sorted(self.pool.expected_models):
+            if name in models or listed_under(engine) != self.name:
+                continue
+            failed = self.pool.scheduler.failure(name)
+            pending: dict[str, Any] = {"workers": 0, "state": "failed" if failed else "loading"}
+            if failed:
+                pending["error"] = failed
+            infos.append(ModelInfo(id=name, type=ModelType.EMBEDDING if engine == "sentence-transformers"
+                                   else ModelType.TEXT, owned_by="local", extra=pending))
         extra_status = {"workers": [w.describe() for w in workers], **self.pool.describe()}
-        if not workers:
+        if not workers and not infos:
             hint = f"no local worker connected; start one with: acore-worker --connect {self.pool.endpoint} ..."
             return ProviderStatus(ProviderState.NOT_CONFIGURED, (), detail=hint, extra=extra_status)
         return ProviderStatus(ProviderState.AVAILABLE, tuple(infos), extra=extra_status)

@@ -99,7 +99,7 @@ class Scheduler:
                  failure: Callable[[str], str | None] = lambda _name: None) -> None:
         self.queue_depth = max(0, queue_depth)
         self._expected = expected  # a supervised worker for (provider, model) is (re)starting
-        self._failure = failure  # why the supervised worker of this model name cannot start, if it cannot
+        self.failure = failure  # why the supervised worker of this model name cannot start, if it cannot
         self.workers: dict[bytes, WorkerState] = {}
         self._waiters: dict[tuple[str, str], deque[_Waiter]] = {}
         self.affinity = Affinity()
@@ -183,7 +183,7 @@ class Scheduler:
             hint = f" Local models: {', '.join(live)}." if live else " No local worker is connected."
             raise model_not_found(f"The model '{provider}/{model}' does not exist: no local worker serves it.{hint}")
         if not any(w.alive for w in found):
-            failure = self._failure(model)
+            failure = self.failure(model)
             if failure:
                 # Fail fast instead of queueing for a worker that keeps failing to load.
                 raise self._unavailable(provider, model, failure)

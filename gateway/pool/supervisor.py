@@ -29,9 +29,10 @@ BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
 
 
-def worker_command(spec: WorkerSpec, endpoint: str, keys: tuple[Path, Path] | None = None) -> list[str]:
-    args = [sys.executable, "-m", "workers", "--provider", spec.provider, "--model", spec.model,
-            "--connect", endpoint]
+def worker_command(spec: WorkerSpec, endpoints: list[str], keys: tuple[Path, Path] | None = None) -> list[str]:
+    args = [sys.executable, "-m", "workers", "--provider", spec.provider, "--model", spec.model]
+    for endpoint in endpoints:  # every front of a --processes N gateway
+        args += ["--connect", endpoint]
     if keys is not None:  # a CURVE socket: our own workers authenticate like any other
         args += ["--gateway-key", str(keys[0]), "--key", str(keys[1])]
     if spec.name:
@@ -45,12 +46,27 @@ def worker_command(spec: WorkerSpec, endpoint: str, keys: tuple[Path, Path] | No
     return args
 
 
+async def _relay_stderr(proc: asyncio.subprocess.Process) -> str:
+    """Pass a worker's stderr on to ours, line by line, until it closes; return its last non-empty line."""
+    last = ""
+    assert proc.stderr is not None
+    while True:
+        line = await proc.stderr.readline()
+        if not line:
+            return last
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+        text = line.decode("utf-8", "replace").strip()
+        if text:
+            last = text
+
+
 class Supervisor:
-    def __init__(self, specs: list[WorkerSpec], endpoint: str, env: Mapping[str, str],
+    def __init__(self, specs: list[WorkerSpec], endpoints: list[str], env: Mapping[str, str],
                  on_exit: Callable[[int], None], on_failure: Callable[[str, str], None],
                  keys: tuple[Path, Path] | None = None) -> None:
         self.specs = specs
-        self.endpoint = endpoint
+        self.endpoints = endpoints
         self.keys = keys
         self._env = {**env, SUPERVISOR_ENV: str(os.getpid())}
         # The worker must import our packages even when the gateway runs from a source checkout.
@@ -71,6 +87,9 @@ class Supervisor:
                 self._tasks.append(asyncio.create_task(self._run(spec, replica),
                                                        name=f"worker-{spec.provider}-{replica}"))
 
+    def restart_count(self) -> int:
+        return self.restarts
+
     def pids(self) -> list[int]:
         return list(self._procs)
 
@@ -83,8 +102,8 @@ class Supervisor:
             try:
                 # start_new_session: a Ctrl-C in the terminal reaches the gateway only; it stops workers itself.
                 proc = await asyncio.create_subprocess_exec(
-                    *worker_command(spec, self.endpoint, self.keys), env=self._env, stdin=asyncio.subprocess.DEVNULL,
-                    start_new_session=True,
+                    *worker_command(spec, self.endpoints, self.keys), env=self._env, stdin=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 )
             except OSError as exc:
                 log.error("cannot start worker %s: %s", label, exc)
@@ -92,13 +111,16 @@ class Supervisor:
             if proc is not None:
                 self._procs[proc.pid] = proc
                 log.info("started worker %s (pid %d)", label, proc.pid)
+                last_line = await _relay_stderr(proc)
                 code = await proc.wait()
                 self._procs.pop(proc.pid, None)
                 self._on_exit(proc.pid)
                 if self._stopping:
                     return
                 if code == EXIT_LOAD_FAILED:
-                    self.failures[name] = f"it exited with status {code} (cannot load {spec.model}; see the gateway log)"
+                    # the worker's own last line says why (acore-worker: model file not found: ...)
+                    why = last_line.removeprefix("acore-worker: ") if last_line else f"cannot load {spec.model}"
+                    self.failures[name] = f"{why} (the worker exited with status {code})"
                     self._on_failure(name, self.failures[name])
                 else:
                     self.failures.pop(name, None)

@@ -427,8 +427,10 @@ class AnthropicProvider:
                     break
         if not translator.stopped:
             raise GatewayError(502, "Provider anthropic ended the stream without message_stop.", type="server_error")
+        usage = translator.usage_chunk()
+        call.usage = usage["usage"]  # for the access log and /metrics, whether or not the client asked
         if with_usage:
-            yield translator.usage_chunk()
+            yield usage
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         return self._chunks(call, call.include_usage)

@@ -58,6 +58,9 @@ class ChatCall:
     base_url: str | None = None  # supplied by the client; already checked against the policy
     base_url_trusted: bool = False  # on the operator's allowlist: the server key may go there
     notices: list[str] = field(default_factory=list)  # -> x-acore-notice response header
+    # The usage a translating provider computed (Anthropic, Ollama, local workers): set even when the
+    # client did not ask for a usage chunk, so the access log and /metrics count a stream's tokens.
+    usage: dict[str, Any] | None = None
 
     @property
     def stream(self) -> bool:

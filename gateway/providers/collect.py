@@ -66,40 +66,58 @@ class _Choice:
         return message
 
 
-async def collect_chunks(chunks: AsyncIterable[dict[str, Any]]) -> dict[str, Any]:
-    """Merge content, reasoning_content, tool_calls, finish_reason and usage of every choice."""
-    choices: dict[int, _Choice] = {}
-    first: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-    async for chunk in chunks:
-        if first is None:
-            first = chunk
+class ChunkCollector:
+    """Merges chunks one at a time (a stream the door already sent, for the verbatim log) or all at
+    once (``collect_chunks``): content, reasoning_content, tool_calls, finish_reason and usage."""
+
+    __slots__ = ("choices", "first", "usage")
+
+    def __init__(self) -> None:
+        self.choices: dict[int, _Choice] = {}
+        self.first: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        if self.first is None:
+            self.first = chunk
         if isinstance(chunk.get("usage"), dict):
-            usage = chunk["usage"]
+            self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
-            state = choices.setdefault(int(choice.get("index") or 0), _Choice())
+            state = self.choices.setdefault(int(choice.get("index") or 0), _Choice())
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 state.add(delta)
             if choice.get("finish_reason"):
                 state.finish_reason = choice["finish_reason"]
-    head = first or {}
-    result: dict[str, Any] = {
-        "id": head.get("id") or "chatcmpl-collected",
-        "object": "chat.completion",
-        "created": head.get("created") or int(time.time()),
-        "model": head.get("model", ""),
-        "choices": [
-            {"index": i, "message": choices[i].message(), "finish_reason": choices[i].finish_reason or "stop",
-             "logprobs": None}
-            for i in sorted(choices)
-        ] or [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop", "logprobs": None}],
-    }
-    if usage is not None:
-        result["usage"] = usage
-    return result
+
+    def result(self) -> dict[str, Any]:
+        choices = self.choices
+        head = self.first or {}
+        result: dict[str, Any] = {
+            "id": head.get("id") or "chatcmpl-collected",
+            "object": "chat.completion",
+            "created": head.get("created") or int(time.time()),
+            "model": head.get("model", ""),
+            "choices": [
+                {"index": i, "message": choices[i].message(), "finish_reason": choices[i].finish_reason or "stop",
+                 "logprobs": None}
+                for i in sorted(choices)
+            ] or [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop",
+                   "logprobs": None}],
+        }
+        if self.usage is not None:
+            result["usage"] = self.usage
+        return result
+
+
+async def collect_chunks(chunks: AsyncIterable[dict[str, Any]]) -> dict[str, Any]:
+    """Merge content, reasoning_content, tool_calls, finish_reason and usage of every choice."""
+    collector = ChunkCollector()
+    async for chunk in chunks:
+        collector.add(chunk)
+    return collector.result()
 
 
 async def complete_from_stream(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:

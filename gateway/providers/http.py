@@ -9,6 +9,7 @@ OpenAI errors that name the provider.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 
 from gateway.config import Limits
 from gateway.errors import GatewayError, error_type
+from gateway.ops.stats import current, note_retry
 from gateway.providers.base import ProviderState, ProviderStatus
 from gateway.providers.upstream import Upstream, UpstreamSettings, probe
 
@@ -100,6 +102,8 @@ async def open_upstream(
         send_headers["Content-Type"] = "application/json"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=first_byte_timeout_s, sock_read=read_timeout_s)
     response: aiohttp.ClientResponse | None = None
+    stats = current()
+    started = time.perf_counter()
     for attempt in (0, 1):
         try:
             # asyncio.timeout, not wait_for: wait_for runs the request in an extra task (3.11)
@@ -111,6 +115,7 @@ async def open_upstream(
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             # A pooled keep-alive connection the server already closed: retry once on a fresh one.
             if attempt == 0 and not isinstance(exc, aiohttp.ClientConnectorError):
+                note_retry("stale_connection")
                 continue
             raise connection_error(provider, url, exc) from None
         except aiohttp.ClientConnectorError as exc:
@@ -119,6 +124,10 @@ async def open_upstream(
             raise timeout_error(provider, "no response headers") from None
         except aiohttp.ClientError as exc:
             raise connection_error(provider, url, exc) from None
+        finally:
+            if stats is not None:  # connecting, sending and waiting for the headers: the upstream's time
+                stats.upstream_s += time.perf_counter() - started
+                started = time.perf_counter()
     assert response is not None
     try:
         if response.status >= 300:
@@ -163,10 +172,14 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
 async def read_json(response: aiohttp.ClientResponse, provider: str, limit: int = 64 << 20) -> Any:
     # content.read(n) returns only what is buffered: collect chunks up to the limit.
     payload = bytearray()
+    stats = current()
+    started = time.perf_counter()
     async for chunk in response.content.iter_any():
         payload += chunk
         if len(payload) > limit:
             raise GatewayError(502, f"Provider {provider} sent a response over {limit} bytes.", type="server_error")
+    if stats is not None:  # receiving the body is waiting on the upstream; decoding it below is ours
+        stats.upstream_s += time.perf_counter() - started
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -185,11 +198,17 @@ async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIter
     event: str | None = None
     data_lines: list[bytes] = []
     rest = b""
+    stats = current()
+    clock = time.perf_counter
     while True:
+        started = clock()
         try:
             block = await reader.readany()
         except ValueError:
             raise GatewayError(502, f"Provider {provider} sent an SSE line over the size limit.", type="server_error") from None
+        finally:
+            if stats is not None:  # only the wait for bytes is the upstream's; splitting them is ours
+                stats.upstream_s += clock() - started
         if not block:
             lines = [rest] if rest else []
             rest = b""
@@ -225,7 +244,10 @@ async def sse_data(response: aiohttp.ClientResponse, provider: str) -> AsyncIter
 async def ndjson_lines(response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[Any]:
     """Yield one decoded JSON value per non-empty line (Ollama's streaming format)."""
     reader = response.content
+    stats = current()
+    clock = time.perf_counter
     while True:
+        started = clock()
         try:
             line = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
@@ -234,6 +256,9 @@ async def ndjson_lines(response: aiohttp.ClientResponse, provider: str) -> Async
                 return
         except ValueError:
             raise GatewayError(502, f"Provider {provider} sent a line over the size limit.", type="server_error") from None
+        finally:
+            if stats is not None:
+                stats.upstream_s += clock() - started
         if not line:
             return  # end of body (readuntil returns b"" there)
         line = line.strip()

@@ -249,13 +249,14 @@ class OllamaProvider:
         if final is None:
             raise GatewayError(502, "Provider ollama ended the stream before done.", type="server_error")
         finish = "tool_calls" if tool_count else DONE_REASONS.get(str(final.get("done_reason")), "stop")
+        prompt = int(final.get("prompt_eval_count") or 0)
+        completion = int(final.get("eval_count") or 0)
+        # for the access log and /metrics, whether or not the client asked for a usage chunk
+        call.usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         yield chunk({}, finish)
         if with_usage:
-            prompt = int(final.get("prompt_eval_count") or 0)
-            completion = int(final.get("eval_count") or 0)
             yield {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": call.model,
-                   "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                            "total_tokens": prompt + completion}}
+                   "choices": [], "usage": call.usage}
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         return self._chunks(call, call.include_usage)

@@ -43,8 +43,16 @@ def native_factories() -> dict[str, ProviderFactory]:
     return {"anthropic": AnthropicProvider, "ollama": OllamaProvider}
 
 
+def _configured_providers(config: GatewayConfig, session: aiohttp.ClientSession) -> list[Provider]:
+    """The providers the configuration makes: every preset vendor and every native adapter."""
+    providers: list[Provider] = [OpenAICompatibleProvider(preset, config, session) for preset in load_presets().values()]
+    providers += [factory(config, session) for factory in native_factories().values()]
+    return providers
+
+
 class ProviderRegistry:
     def __init__(self, config: GatewayConfig) -> None:
+        self._configured: set[str] = set()  # names that come from the configuration (replaced on reload)
         self._config = config
         self._providers: dict[str, Provider] = {}
         self._status_cache: dict[str, tuple[float, ProviderStatus]] = {}
@@ -54,11 +62,22 @@ class ProviderRegistry:
     @classmethod
     def build(cls, config: GatewayConfig, session: aiohttp.ClientSession) -> ProviderRegistry:
         registry = cls(config)
-        for preset in load_presets().values():
-            registry.register(OpenAICompatibleProvider(preset, config, session))
-        for factory in native_factories().values():
-            registry.register(factory(config, session))
+        for provider in _configured_providers(config, session):
+            registry.register(provider)
+            registry._configured.add(provider.name)
         return registry
+
+    def reload(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
+        """A new configuration (SIGHUP): the configured providers are made again from it; the ones
+        registered at run time (local workers) and the single-model pin stay."""
+        fresh = {provider.name: provider for provider in _configured_providers(config, session)}
+        for name in [n for n in self._providers if n in fresh or n in self._configured]:
+            del self._providers[name]
+        if self._pinned is None:  # a pinned registry (acore-endpoint) serves its one model only
+            self._providers.update(fresh)
+        self._configured = set(fresh)
+        self._config = config
+        self._status_cache.clear()
 
     def register(self, provider: Provider, name: str | None = None) -> None:
         self._providers[name or provider.name] = provider

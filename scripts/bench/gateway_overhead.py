@@ -4,6 +4,8 @@
     .venv/bin/python scripts/bench/gateway_overhead.py --quick    # shorter windows
     git worktree add /tmp/acore-before HEAD~1 && \
       .venv/bin/python scripts/bench/gateway_overhead.py --baseline /tmp/acore-before   # vs the commit before
+    .venv/bin/python scripts/bench/gateway_overhead.py --compare-args "--no-access-log --no-metrics"
+                                                  # this gateway vs itself with those flags (issue 16's cost)
 
 Three processes on 127.0.0.1: a lean fake OpenAI upstream (a raw asyncio protocol with
 prebuilt answers, far faster than the gateway, so it is never the bottleneck; its own
@@ -176,6 +178,18 @@ def build_request(port: int, model: str, stream: bool) -> bytes:
             b"Authorization: Bearer bench\r\nContent-Length: %d\r\n\r\n" % (port, len(body)) + body)
 
 
+def tree_cpu(server: psutil.Process) -> tuple[float, float]:
+    """User and system CPU seconds of a server and its live children (the fronts of --processes N)."""
+    user = system = 0.0
+    for process in [server, *server.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        user, system = user + times.user, system + times.system
+    return user, system
+
+
 async def run_window(port: int, payload: bytes, stream: bool, concurrency: int, seconds: float,
                      server: psutil.Process) -> Window:
     window = Window()
@@ -197,14 +211,14 @@ async def run_window(port: int, payload: bytes, stream: bool, concurrency: int, 
             window.ttfc.append(first)
             window.events += events
 
-    before = server.cpu_times()
+    before = tree_cpu(server)
     started = time.perf_counter()
     stop_at = started + seconds
     await asyncio.gather(*(worker(c) for c in connections))
     window.elapsed = time.perf_counter() - started
-    after = server.cpu_times()
-    window.cpu_s = after.user + after.system - before.user - before.system
-    window.sys_s = after.system - before.system
+    after = tree_cpu(server)
+    window.cpu_s = after[0] + after[1] - before[0] - before[1]
+    window.sys_s = after[1] - before[1]
     for connection in connections:
         connection.writer.close()
     return window
@@ -344,6 +358,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", metavar="CHECKOUT",
                         help="also run the gateway of another checkout (e.g. a git worktree of the commit before) in "
                              "the same interleaved rounds, and report acore / baseline")
+    parser.add_argument("--compare-args", metavar="ARGS", default=None,
+                        help="also run this checkout's gateway with these extra arguments as the baseline, in the same "
+                             "interleaved rounds (e.g. \"--no-access-log --no-metrics\": what observability costs)")
+    parser.add_argument("--compare-env", metavar="NAME=VALUE", action="append", default=[],
+                        help="environment of the --compare-args gateway (repeatable), e.g. ACORE_METRICS=0")
     options = parser.parse_args(argv)
     if options.serve_fake:
         serve_fake(options.serve_fake, options.chunks)
@@ -360,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     gateway = start(["-m", "gateway", "--port", str(gateway_port), "--no-default-embeddings",
                      *options.gateway_args.split()], gateway_env, gateway_port, "/health", log_dir / "bench-gateway.log")
     baseline = None
+    if options.baseline and options.compare_args is not None:
+        parser.error("--baseline and --compare-args each name the baseline: give one")
     if options.baseline:
         checkout = Path(options.baseline).resolve()
         baseline_port = free_port()
@@ -367,6 +388,12 @@ def main(argv: list[str] | None = None) -> None:
         baseline = start(["-m", "gateway", "--port", str(baseline_port), "--no-default-embeddings",
                           *options.gateway_args.split()], baseline_env, baseline_port, "/health",
                          log_dir / "bench-baseline.log", cwd=checkout)
+    elif options.compare_args is not None or options.compare_env:
+        baseline_port = free_port()
+        extra_env = dict(item.split("=", 1) for item in options.compare_env)
+        baseline = start(["-m", "gateway", "--port", str(baseline_port), "--no-default-embeddings",
+                          *options.gateway_args.split(), *(options.compare_args or "").split()],
+                         {**gateway_env, **extra_env}, baseline_port, "/health", log_dir / "bench-baseline.log")
     profiler = None
     try:
         if options.profile:
@@ -394,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
           f"windows per side and cell; medians of the rounds; run took {took:.0f} s.\n")
     print(report(cells, options.chunks))
     if baseline is not None:
-        print(f"\nSide by side with {options.baseline} (same rounds):\n")
+        other = options.baseline or " ".join(["this gateway with", options.compare_args or "", *options.compare_env])
+        print(f"\nSide by side with {other.strip()} as the baseline (same rounds):\n")
         print(comparison(cells, options.chunks))
 
 

@@ -16,6 +16,7 @@ from tests.native import (
     Fakes,
     client,
     native_env,
+    wait_for,
 )
 from tests.procs import Proc, start_gateway
 
@@ -75,8 +76,9 @@ def test_client_base_url_with_own_key_gets_only_that_key(policy_gateway: Proc, f
     assert headers[1]["authorization"] == f"Bearer {CLIENT_KEY}"
     flat = repr(headers)
     assert ANTHROPIC_KEY not in flat and OPENAI_KEY not in flat
-    log = policy_gateway.log()  # debug request logging is on
-    assert "/v1/chat/completions" in log
+    # the access line comes from the log writer's thread: wait for it
+    assert wait_for(lambda: "/v1/chat/completions" in policy_gateway.log())
+    log = policy_gateway.log()
     assert CLIENT_KEY not in log and ANTHROPIC_KEY not in log and OPENAI_KEY not in log
 
 

@@ -25,13 +25,13 @@ def get(url: str) -> Any:
 
 
 def wait_worker(proc: Proc) -> None:
-    # /health answers before the worker joined; the first chat would simply wait, but a test
-    # reading /v1/models must see the model, so wait for it here.
+    # /v1/models lists the model while it loads (state "loading"); a test reading its details
+    # waits for the worker to join.
     import time
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if get(proc.url + "/v1/models")["data"]:
+        if any(m.get("state") == "ready" for m in get(proc.url + "/v1/models")["data"]):
             return
         time.sleep(0.1)
     raise AssertionError("the endpoint's worker did not join:\n" + proc.log()[-3000:])

@@ -26,8 +26,9 @@ def llama_gw(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            ids = {m["id"] for m in http.get_json(proc.url + "/v1/models", timeout=5)["data"]}
-            if "llamacpp/tiny" in ids:
+            ready = {m["id"] for m in http.get_json(proc.url + "/v1/models", timeout=5)["data"]
+                     if m.get("state") == "ready"}  # listed while it loads, with state "loading"
+            if "llamacpp/tiny" in ready:
                 break
             time.sleep(0.1)
         else:

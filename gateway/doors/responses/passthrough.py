@@ -8,6 +8,7 @@ include are OpenAI's to handle. Stream events come back unchanged except
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError, invalid
 from gateway.keys import PROVIDERS
+from gateway.ops.stats import current, note_upstream_error
 from gateway.pipeline.hooks import HooksAround
 from gateway.providers.base import ChatCall, ResponsesProvider
 from gateway.providers.http import read_json, sse_data
@@ -76,36 +78,64 @@ class Passthrough:
         return cast(ResponsesProvider, self.app[PROVIDERS].provider_for(self.call.provider))
 
     async def complete(self) -> dict[str, Any]:
-        async with HooksAround(self.app, self.call), self._provider().responses(self.call, self.body) as response:
-            data = await read_json(response, self.call.provider)
+        stats = current()
+        async with HooksAround(self.app, self.call):
+            try:
+                async with self._provider().responses(self.call, self.body) as response:
+                    data = await read_json(response, self.call.provider)
+            except GatewayError as exc:
+                note_upstream_error(exc)
+                raise
         if not isinstance(data, dict):
             raise GatewayError(502, f"Provider {self.call.provider} sent a malformed response.", type="server_error")
         rewrite_model(data, self.call.requested_model)
+        if stats is not None:
+            stats.set_usage(data.get("usage"))
+            if stats.capture is not None:
+                stats.capture.request, stats.capture.response = self.body, data
         return data
 
     async def events(self) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
-        async with HooksAround(self.app, self.call), self._provider().responses(self.call, self.body) as response:
-            async for name, data in sse_data(response, self.call.provider):
+        """The upstream's events; with a request's RequestStats current, also its first token and usage.
+        One generator (not one wrapping another): closing it releases the upstream response at once."""
+        stats = current()
+        try:
+            async with HooksAround(self.app, self.call):
                 try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise GatewayError(502, f"Provider {self.call.provider} sent an invalid stream event.",
-                                       type="server_error") from None
-                if not isinstance(event, dict):
-                    raise GatewayError(502, f"Provider {self.call.provider} sent an invalid stream event.",
-                                       type="server_error")
-                rewrite_model(event, self.call.requested_model)
-                if isinstance(event.get("response"), dict):
-                    self.last_response = event["response"]
-                if isinstance(event.get("sequence_number"), int):
-                    self.seq = event["sequence_number"] + 1
-                if event.get("type") in _TERMINAL:
-                    self.finished = True
-                yield name or event.get("type"), event
-        if not self.finished:
-            # Responses clients fail (or retry in a loop) without a terminal event: say what happened.
-            raise GatewayError(502, f"Provider {self.call.provider} ended the stream before response.completed.",
-                               type="server_error")
+                    async with self._provider().responses(self.call, self.body) as response:
+                        async for name, data in sse_data(response, self.call.provider):
+                            try:
+                                event = orjson.loads(data)
+                            except orjson.JSONDecodeError:
+                                raise GatewayError(502, f"Provider {self.call.provider} sent an invalid stream "
+                                                        "event.", type="server_error") from None
+                            if not isinstance(event, dict):
+                                raise GatewayError(502, f"Provider {self.call.provider} sent an invalid stream "
+                                                        "event.", type="server_error")
+                            rewrite_model(event, self.call.requested_model)
+                            kind = event.get("type")
+                            if isinstance(event.get("response"), dict):
+                                self.last_response = event["response"]
+                            if isinstance(event.get("sequence_number"), int):
+                                self.seq = event["sequence_number"] + 1
+                            if kind in _TERMINAL:
+                                self.finished = True
+                            elif (stats is not None and stats.first_token is None and isinstance(kind, str)
+                                  and kind.endswith(".delta")):
+                                stats.first_token = time.perf_counter()
+                            yield name or kind, event
+                    if not self.finished:
+                        # Responses clients fail (or retry in a loop) without a terminal event: say what happened.
+                        raise GatewayError(502, f"Provider {self.call.provider} ended the stream before "
+                                                "response.completed.", type="server_error")
+                except GatewayError as exc:
+                    note_upstream_error(exc)
+                    raise
+        finally:
+            if stats is not None and self.last_response is not None:
+                stats.set_usage(self.last_response.get("usage"))
+                if stats.capture is not None:  # the last response object carries the whole output
+                    stats.capture.request, stats.capture.response = self.body, self.last_response
 
     def failure_events(self, error: GatewayError) -> list[tuple[str, dict[str, Any]]]:
         """A stream broken off midway still ends the way Responses clients expect: failed, then error."""

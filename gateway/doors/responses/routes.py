@@ -8,6 +8,7 @@ A non-streaming request runs the same stream and answers the collected Response.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
@@ -20,15 +21,27 @@ from gateway.doors.responses.events import Event, ResponseBuilder
 from gateway.doors.responses.passthrough import Passthrough, portable_items
 from gateway.doors.sse import SSEWriter
 from gateway.errors import GatewayError, bad_request
-from gateway.keys import CONFIG, PROVIDERS
-from gateway.ops.store import ResponseStore
+from gateway.keys import PROVIDERS
+from gateway.ops.store import STATE_STORE, StateStore, Stored, StoreUnavailable
 from gateway.pipeline import chat
 from gateway.providers.base import ChatCall
 from gateway.providers.registry import Target
 from protocol.chat import ChatRequest
 from protocol.responses import ResponsesRequest
 
-RESPONSE_STORE = web.AppKey("response_store", ResponseStore)
+log = logging.getLogger("acore.gateway")
+
+
+def _unavailable(exc: StoreUnavailable) -> GatewayError:
+    return GatewayError(503, f"Stored responses are unavailable right now: {exc}", type="server_error",
+                        code="state_store_unavailable", headers={"Retry-After": "5"})
+
+
+async def _load(app: web.Application, response_id: str) -> Stored | None:
+    try:
+        return await app[STATE_STORE].load(response_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
 
 
 def _not_found(response_id: str, param: str) -> GatewayError:
@@ -52,10 +65,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 async def _via_chat(request: web.Request, body: dict[str, Any], parsed: ResponsesRequest,
                     target: Target) -> web.StreamResponse:
     app = request.app
-    store = app[RESPONSE_STORE]
+    store = app[STATE_STORE]
     history: list[dict[str, Any]] | None = None
     if parsed.previous_response_id:
-        stored = store.get(parsed.previous_response_id)
+        stored = await _load(app, parsed.previous_response_id)
         if stored is None:
             raise _not_found(parsed.previous_response_id, "previous_response_id")
         history = stored.items
@@ -84,7 +97,7 @@ async def _via_chat(request: web.Request, body: dict[str, Any], parsed: Response
 
 
 async def _run(app: web.Application, call: ChatCall, builder: ResponseBuilder, converted: Converted,
-               history: list[dict[str, Any]] | None, store: ResponseStore | None) -> AsyncGenerator[Event, None]:
+               history: list[dict[str, Any]] | None, store: StateStore | None) -> AsyncGenerator[Event, None]:
     chunks = chat.stream(app, call)
     try:
         # The first chunk comes before response.created so an early failure keeps its HTTP status.
@@ -104,7 +117,11 @@ async def _run(app: web.Application, call: ChatCall, builder: ResponseBuilder, c
         if store is not None:
             inputs = [*(history or ()), *converted.items]
             output = [item.data for item in builder.items]
-            store.put(builder.response(), [*inputs, *output], len(inputs))
+            try:
+                await store.save(builder.response(), [*inputs, *output], len(inputs))
+            except StoreUnavailable as exc:  # the answer is still served; only its continuation is lost
+                log.warning("response %s was not stored: %s", builder.response().get("id"), exc)
+                call.notices.append("this response was not stored (the state store is unavailable)")
         for event in final:
             yield event
     finally:
@@ -127,7 +144,7 @@ async def _passthrough(request: web.Request, body: dict[str, Any], parsed: Respo
         base_url=parsed.base_url or None,
     )
     if parsed.previous_response_id:
-        stored = request.app[RESPONSE_STORE].get(parsed.previous_response_id)
+        stored = await _load(request.app, parsed.previous_response_id)
         if stored is not None:
             # A conversation acore stored (it began on another provider): OpenAI cannot know the id, so the
             # history goes as input items instead. Any other id is OpenAI's own and passes through.
@@ -153,7 +170,7 @@ async def _passthrough(request: web.Request, body: dict[str, Any], parsed: Respo
 
 async def get_response(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    stored = request.app[RESPONSE_STORE].get(response_id)
+    stored = await _load(request.app, response_id)
     if stored is None:
         raise _not_found(response_id, "response_id")
     return json_response(stored.response)
@@ -161,7 +178,7 @@ async def get_response(request: web.Request) -> web.Response:
 
 async def get_input_items(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    stored = request.app[RESPONSE_STORE].get(response_id)
+    stored = await _load(request.app, response_id)
     if stored is None:
         raise _not_found(response_id, "response_id")
     items = stored.items[:stored.input_count]
@@ -172,7 +189,11 @@ async def get_input_items(request: web.Request) -> web.Response:
 
 async def delete_response(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    if not request.app[RESPONSE_STORE].delete(response_id):
+    try:
+        deleted = await request.app[STATE_STORE].remove(response_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    if not deleted:
         raise _not_found(response_id, "response_id")
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
@@ -184,7 +205,6 @@ async def websocket_responses(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[RESPONSE_STORE] = ResponseStore.from_env(app[CONFIG].env)
     app.router.add_get("/v1/responses", websocket_responses)
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
