@@ -19,6 +19,7 @@ from gateway.errors import error_middleware
 from gateway.keys import CONFIG, HTTP_SESSION, PROVIDERS, STREAMS
 from gateway.ops.auth import auth_middleware
 from gateway.ops.drain import inflight_middleware
+from gateway.ops.limits import budget_middleware
 from gateway.ops.logs import request_context_middleware
 from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.registry import ProviderRegistry
@@ -28,18 +29,23 @@ from gateway.providers.registry import ProviderRegistry
 SUBSYSTEMS: list[str] = [
     "gateway.ops.observe",  # first: its log writer starts before the others and stops after them; GET /metrics
     "gateway.ops.drain",  # a graceful stop: in-flight requests finish first
+    "gateway.ops.limits",  # the in-flight byte budget (its middleware is in create_app's list)
     "gateway.ops.store",  # state between requests (memory or Redis): a Redis that does not answer stops the start
     "gateway.pool",  # registers the local providers (llamacpp/, mlx/, huggingface/)
+    "gateway.pipeline.routing",  # aliases and groups: target order, circuit breakers
     "gateway.pipeline.base_url",  # hooks: the base_url policy first, then attachments, then unload_after
+    "gateway.pipeline.audio",  # audio clips and file_id parts, before the attachments see the messages
     "gateway.pipeline.attachments",
     "gateway.pipeline.unload",
     "gateway.ops.health",
     "gateway.doors.models",
     "gateway.doors.chat",
     "gateway.doors.responses",
+    "gateway.doors.messages",  # the Anthropic Messages API (/v1/messages, count_tokens)
     "gateway.doors.embeddings",
     "gateway.doors.prompt_cache",
     "gateway.doors.media",
+    "gateway.doors.files",  # /v1/files; file_id in chat and Responses parts reads through its store
     "gateway.doors.docs",
 ]
 
@@ -63,7 +69,8 @@ async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(
         client_max_size=config.limits.max_body_bytes,
-        middlewares=[inflight_middleware, request_context_middleware, error_middleware, auth_middleware],
+        middlewares=[inflight_middleware, request_context_middleware, error_middleware, auth_middleware,
+                     budget_middleware],
     )
     app[CONFIG] = config
     app[STREAMS] = StreamTracker()

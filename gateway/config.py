@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.pipeline.groups import GroupError, ModelGroup, RoutingSettings, parse_groups, parse_routing
 from gateway.providers.environment import PROVIDER_ENV
 
 
@@ -44,14 +45,25 @@ class WorkerSpec:
     threads: int | None = None
     n_ctx: int | None = None
     prompt_cache_bytes: int | None = None
+    tool_parser: str | None = None  # acore-worker --tool-parser (default: from the chat template)
 
     @classmethod
     def parse(cls, text: str) -> WorkerSpec:
-        """``llamacpp:PATH.gguf`` or ``mlx:DIR`` (flag form)."""
+        """``llamacpp:PATH.gguf``, ``mlx:DIR`` or a Hub id (``llamacpp:ORG/REPO:QUANT``, ``huggingface:ORG/REPO``):
+        split at the first colon, so a Hub id's quant tag stays with the model."""
         provider, sep, model = text.partition(":")
         if not sep or not provider or not model:
             raise ConfigError(f"--worker expects PROVIDER:MODEL (e.g. llamacpp:model.gguf), got {text!r}")
         return cls(provider=provider, model=model)
+
+
+def default_inflight_bytes() -> int:
+    """1/8 of the machine's memory (at least 256 MiB): what request bodies may hold at once."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return max(256 << 20, total // 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,18 @@ class Limits:
     # previous one, so tokens arriving in between go out as one SSE event (0: every batch at once).
     stream_interval_ms: float = 20.0
     shutdown_timeout_s: float = 5.0
+    # One uploaded file (/v1/audio/*, /v1/images/edits, /v1/files): OpenAI's 25 MB.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    # Connections (gateway/ops/connections.py): the request line and headers must arrive within
+    # header_timeout_s (else 408), a whole body within body_timeout_s (total, not between bytes), an idle
+    # keep-alive connection closes after keepalive_timeout_s; past max_connections new ones are refused.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 30.0
+    max_connections: int = 8192
+    # Request bodies and decoded attachments held at once, all requests together (gateway/ops/limits.py):
+    # past it a new request gets 503 + Retry-After before its body is read. Default: 1/8 of the RAM.
+    max_inflight_bytes: int = field(default_factory=default_inflight_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +104,22 @@ class MediaSettings:
     url_allowlist: tuple[str, ...] = ()
     max_file_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
+
+
+AUDIO_STRATEGIES = ("auto", "stt", "native", "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSettings:
+    """``[audio]``: what audio in chat messages becomes (ACORE_AUDIO_STRATEGY, ACORE_AUDIO_STT_MODEL).
+
+    stt: transcribed by ``stt_model`` (default: the first whisper/ worker) and inserted as text;
+    native: sent as it is to models that take audio; reject: 400; auto: native where the model
+    takes audio, else stt."""
+
+    strategy: str = "auto"
+    stt_model: str | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +136,7 @@ class GatewayConfig:
     allow_unsafe_unload_after: bool = False
     limits: Limits = Limits()
     media: MediaSettings = MediaSettings()
+    audio: AudioSettings = AudioSettings()
     workers: tuple[WorkerSpec, ...] = ()
     worker_bind: str | None = None
     # CurveZMQ for tcp:// worker binds: a directory with gateway.key_secret and authorized/*.key,
@@ -121,6 +162,9 @@ class GatewayConfig:
     log_max_bytes: int = 64 * 1024 * 1024  # each log file rotates at this size (5 kept)
     metrics: bool = True
     metrics_key: str | None = None  # also accepted on /metrics (alone guards it when no gateway key is set)
+    # Model aliases and groups ([models."name"], gateway/pipeline/groups.py) and how they are run ([routing]).
+    models: Mapping[str, ModelGroup] = field(default_factory=dict)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
 
     @property
     def supervises_workers(self) -> bool:
@@ -144,6 +188,31 @@ class GatewayConfig:
             return None
         value = self.env.get(name)
         return value if value else None
+
+
+# Limits also settable from the environment (and, in gateway/cli/gateway.py, by flag).
+LIMIT_ENV = {
+    "ACORE_STREAM_IDLE_TIMEOUT": "stream_idle_timeout_s",
+    "ACORE_HEADER_TIMEOUT": "header_timeout_s",
+    "ACORE_BODY_TIMEOUT": "body_timeout_s",
+    "ACORE_KEEPALIVE_TIMEOUT": "keepalive_timeout_s",
+    "ACORE_MAX_CONNECTIONS": "max_connections",
+    "ACORE_MAX_INFLIGHT_BYTES": "max_inflight_bytes",
+}
+
+
+def _limit_values(pairs: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """Values for Limits fields from the environment or flags, checked as the [limits] table is."""
+    hints = typing.get_type_hints(Limits)
+    values: dict[str, Any] = {}
+    for key, value in pairs.items():
+        try:
+            values[key] = msgspec.convert(value, hints[key], strict=False)
+        except msgspec.ValidationError:
+            raise ConfigError(f"{origin} {key}: expected a number, got {value!r}") from None
+        if not values[key] > 0:
+            raise ConfigError(f"{origin} {key} must be greater than 0, got {value!r}")
+    return values
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -256,12 +325,21 @@ def load_config(
         )
 
     limits = _dataclass_from(Limits, data.get("limits", {}), "limits")
+    from_env = {field: env[name] for name, field in LIMIT_ENV.items() if env.get(name, "").strip()}
+    limits = dataclasses.replace(limits, **_limit_values(from_env, "environment"))
     media_data = dict(data.get("media", {}))
     if env.get("ACORE_MEDIA_ROOTS") is not None:
         media_data["roots"] = _csv(env.get("ACORE_MEDIA_ROOTS"))
     if env.get("ACORE_MEDIA_URL_ALLOWLIST") is not None:
         media_data["url_allowlist"] = _csv(env.get("ACORE_MEDIA_URL_ALLOWLIST"))
     media = _dataclass_from(MediaSettings, media_data, "media")
+    audio_data = dict(data.get("audio", {}))
+    for key, name in (("strategy", "ACORE_AUDIO_STRATEGY"), ("stt_model", "ACORE_AUDIO_STT_MODEL")):
+        if env.get(name):
+            audio_data[key] = env[name]
+    audio = _dataclass_from(AudioSettings, audio_data, "audio")
+    if audio.strategy not in AUDIO_STRATEGIES:
+        raise ConfigError(f"[audio] strategy must be one of {', '.join(AUDIO_STRATEGIES)}, got {audio.strategy!r}")
 
     workers = []
     for index, item in enumerate(data.get("workers", [])):
@@ -269,6 +347,11 @@ def load_config(
         if spec.replicas < 1:
             raise ConfigError(f"workers[{index}].replicas must be >= 1")
         workers.append(spec)
+
+    try:
+        groups, routing = parse_groups(data.get("models")), parse_routing(data.get("routing"))
+    except GroupError as exc:
+        raise ConfigError(str(exc)) from None
 
     auth = env.get("ACORE_API_KEY") or env.get("ABSTRACTCORE_AUTH_TOKEN") or env.get("ABSTRACTCORE_API_KEY")
     values: dict[str, Any] = {
@@ -284,6 +367,7 @@ def load_config(
         "allow_unsafe_unload_after": _truthy(env.get("ABSTRACTCORE_ALLOW_UNSAFE_UNLOAD_AFTER")),
         "limits": limits,
         "media": media,
+        "audio": audio,
         "workers": tuple(workers),
         "worker_bind": env.get("ACORE_WORKER_BIND") or server.get("worker_bind"),
         "worker_keys": env.get("ACORE_WORKER_KEYS") or server.get("worker_keys"),
@@ -303,6 +387,8 @@ def load_config(
                                        or server.get("log_max_bytes", 64 * 1024 * 1024)),
         "metrics": _switch(env.get("ACORE_METRICS"), server.get("metrics", True)),
         "metrics_key": env.get("ACORE_METRICS_KEY") or server.get("metrics_key"),
+        "models": groups,
+        "routing": routing,
     }
     for key, value in (overrides or {}).items():
         if value is None:
@@ -311,6 +397,9 @@ def load_config(
             values["workers"] = tuple(values["workers"]) + tuple(value)
         elif key == "processes":
             values["processes"] = _processes(value)
+        elif key == "limits":  # flags for Limits fields (--stream-idle-timeout, --max-connections, ...)
+            values["limits"] = dataclasses.replace(values["limits"], **_limit_values(
+                {k: v for k, v in value.items() if v is not None}, "flag"))
         elif key == "shutdown_timeout_s":
             if not value > 0:
                 raise ConfigError(f"--shutdown-timeout must be greater than 0, got {value!r}")

@@ -7,7 +7,7 @@ with the right status. Nothing else (no traceback, no repr) ever reaches a clien
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -73,6 +73,16 @@ class GatewayError(Exception):
         )
 
 
+def body_for_path(path: str, status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """An error body in the shape of the door ``path`` belongs to: Anthropic's under /v1/messages, else
+    OpenAI's. For answers made below the app (connection limits, aiohttp's own 400s), which no door renders."""
+    from gateway.doors.messages.errors import anthropic_error_body, is_messages_path  # it imports this module
+
+    if is_messages_path(path):
+        return anthropic_error_body(status, message)
+    return GatewayError(status, message, code=code).body()
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 
@@ -95,12 +105,26 @@ def not_implemented(message: str) -> GatewayError:
     return GatewayError(501, message, code="not_implemented")
 
 
+# Doors whose errors have a shape of their own (the Anthropic door, doors/messages/errors.py) register
+# (path test, renderer) here; every other path gets the OpenAI error object.
+ErrorShape = tuple[Callable[[str], bool], Callable[[GatewayError], web.Response]]
+ERROR_SHAPES: web.AppKey[list[ErrorShape]] = web.AppKey("error_shapes")
+
+
+def render(request: web.Request, error: GatewayError) -> web.Response:
+    """The error as the door of ``request.path`` writes errors."""
+    for matches, renderer in request.app.get(ERROR_SHAPES, ()):
+        if matches(request.path):
+            return renderer(error)
+    return error.response()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        return exc.response()
+        return render(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -113,7 +137,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         else:
             message = exc.reason or "Request failed."
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
-        return GatewayError(exc.status, message, headers=headers).response()
+        return render(request, GatewayError(exc.status, message, headers=headers))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return GatewayError(500, "Internal server error.", type="server_error").response()
+        return render(request, GatewayError(500, "Internal server error.", type="server_error"))

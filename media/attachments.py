@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from media.data_url import decode_base64, decode_data_url
@@ -31,14 +32,17 @@ class Executor(Protocol):
 
 
 class _Budget:
-    def __init__(self, policy: MediaPolicy) -> None:
+    def __init__(self, policy: MediaPolicy, charge: Callable[[int], None] | None = None) -> None:
         self.limit = policy.max_request_bytes
         self.used = 0
+        self.charge = charge  # the caller's memory budget for decoded bytes (may raise)
 
     def spend(self, size: int) -> None:
         self.used += size
         if self.used > self.limit:
             raise too_large(f"Attachments exceed {self.limit} bytes in total for one request.")
+        if self.charge is not None:
+            self.charge(size)
 
 
 def safe_name(name: str | None, fallback: str = "attachment") -> str:
@@ -168,12 +172,12 @@ async def _resolve_text(text: str, policy: MediaPolicy, fetcher: Fetcher, execut
 
 
 async def resolve_messages(messages: list[dict[str, Any]], policy: MediaPolicy, fetcher: Fetcher,
-                           executor: Executor) -> list[dict[str, Any]]:
+                           executor: Executor, charge: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Return new messages where attachments are verified images or extracted text parts.
 
     Raises MediaError (400 bad, 403 forbidden, 413 too large, 422 unreadable, 408 fetch deadline).
     """
-    budget = _Budget(policy)
+    budget = _Budget(policy, charge)
     out: list[dict[str, Any]] = []
     for message in messages:
         if not message_needs_work(message, policy):
@@ -210,8 +214,8 @@ def responses_part_to_chat(part: dict[str, Any]) -> dict[str, Any]:
     if kind in ("input_text", "output_text"):
         return {"type": "text", "text": part.get("text", "")}
     if kind == "input_image":
-        if part.get("file_id") and not part.get("image_url"):
-            raise MediaError(501, "input_image.file_id is not supported here; send image_url.", code="not_implemented")
+        if part.get("file_id") and not part.get("image_url"):  # a stored file: media/audio_parts.py reads it
+            return {"type": "image_url", "image_url": {"file_id": part["file_id"], "detail": part.get("detail")}}
         url = part.get("image_url")
         if isinstance(url, dict):
             url = url.get("url")
@@ -236,9 +240,8 @@ def responses_part_to_chat(part: dict[str, Any]) -> dict[str, Any]:
             if filename:
                 spec["filename"] = filename
             return {"type": "file", "file_url": spec}
-        if part.get("file_id"):
-            raise MediaError(501, "input_file.file_id is not supported here; send file_data or file_url.",
-                             code="not_implemented")
+        if part.get("file_id"):  # a stored file: media/audio_parts.py reads it
+            return {"type": "file", "file": {"file_id": part["file_id"]}}
         raise bad("input_file needs file_data or file_url.")
     return part
 

@@ -18,13 +18,14 @@ from media.ooxml import ZipLimits, prescan
 from media.policy import MediaPolicy
 
 TEXT_EXT = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".json": "json", ".xml": "xml",
-            ".csv": "csv", ".tsv": "tsv"}
+            ".plist": "xml", ".xhtml": "xml", ".svg": "xml", ".csv": "csv", ".tsv": "tsv"}
 DOC_EXT = {".pdf": "pdf", ".docx": "docx", ".xlsx": "xlsx", ".pptx": "pptx"}
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 SUPPORTED_EXT = set(TEXT_EXT) | set(DOC_EXT) | IMAGE_EXT
 MIME_KIND = {
     "application/pdf": "pdf", "text/csv": "csv", "text/tab-separated-values": "tsv", "text/plain": "text",
     "text/markdown": "markdown", "application/json": "json", "application/xml": "xml", "text/xml": "xml",
+    "application/xhtml+xml": "xml", "application/x-plist": "xml",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
@@ -148,8 +149,10 @@ def extract_pdf(data: bytes, name: str, policy: MediaPolicy) -> str:
     notes: list[str] = []
     try:
         reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            raise unprocessable(f"{name} is encrypted.")
+        # Only an owner password (printing, copying restrictions) with an empty user password: every viewer
+        # opens it without asking, so do we. A real (user) password stays refused.
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise unprocessable(f"{name} is protected by a password.")
         count = len(reader.pages)
         shown = min(count, policy.max_pages)
         for index in range(shown):
@@ -262,11 +265,14 @@ def extract_ooxml(data: bytes, name: str, policy: MediaPolicy) -> str:
 
 def extract_delimited(data: bytes, name: str, policy: MediaPolicy, delimiter: str) -> str:
     text = _decode(data)
-    field_cap = min(policy.max_text_chars, 100_000)
-    csv.field_size_limit(field_cap)
+    # The file itself is capped (max_file_bytes), so any one field fits in memory; a long one (an export
+    # with a whole document in a cell) is cut with a notice rather than refusing the file.
+    csv.field_size_limit(max(len(text), 1))
+    cell_cap = policy.max_cell_chars
     rows: list[list[str]] = []
     notes: list[str] = []
     wide = False
+    cut_cells = 0
     try:
         for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
             if len(rows) >= policy.max_rows:
@@ -274,11 +280,18 @@ def extract_delimited(data: bytes, name: str, policy: MediaPolicy, delimiter: st
                 break
             if len(row) > policy.max_columns:
                 wide = True
-            rows.append(row[: policy.max_columns])
+            kept = row[: policy.max_columns]
+            for index, cell in enumerate(kept):
+                if len(cell) > cell_cap:
+                    kept[index] = cell[:cell_cap] + " [...]"
+                    cut_cells += 1
+            rows.append(kept)
     except csv.Error:
-        raise too_large(f"{name} has a field longer than {field_cap} characters.") from None
+        raise unprocessable(f"{name} could not be read as {'TSV' if delimiter == chr(9) else 'CSV'}.") from None
     if wide:
         notes.append(f"Only the first {policy.max_columns} columns are shown.")
+    if cut_cells:
+        notes.append(f"{cut_cells} cell(s) longer than {cell_cap} characters were cut; [...] marks the cut.")
     out = _Text(policy.max_text_chars)
     out.add(_table(rows))
     return _frame(name, "TSV" if delimiter == "\t" else "CSV", out.value(), notes, out.full, policy.max_text_chars)
@@ -291,9 +304,11 @@ def extract_text(data: bytes, name: str, policy: MediaPolicy, kind: str) -> str:
         from defusedxml import DefusedXmlException
 
         try:
-            DET.fromstring(text.encode("utf-8"), forbid_dtd=True)
+            # A DOCTYPE alone (plist, XHTML) is harmless: expat fetches no external DTD. Entity declarations
+            # (billion laughs) and external entities (XXE) stay forbidden.
+            DET.fromstring(text.encode("utf-8"), forbid_dtd=False, forbid_entities=True, forbid_external=True)
         except DefusedXmlException:
-            raise unprocessable(f"{name}: XML with a DTD or entities is refused.") from None
+            raise unprocessable(f"{name}: XML with entity declarations is refused.") from None
         except Exception:
             raise unprocessable(f"{name} is not well-formed XML.") from None
     out = _Text(policy.max_text_chars)
@@ -309,7 +324,7 @@ def extract(data: bytes, name: str, mime: str, policy: MediaPolicy, want_image: 
     if kind == "image":
         from media.images import normalise
 
-        url, _w, _h = normalise(data, policy.max_image_pixels, policy.max_image_side)
+        url, _w, _h = normalise(data, policy.max_image_pixels, policy.max_image_side, policy.max_jpeg_pixels)
         return Extracted(image_url=url)
     if kind == "pdf":
         return Extracted(text=extract_pdf(data, name, policy))

@@ -2,8 +2,10 @@
 
 Only the allowlisted decoders are reachable (no FITS/EPS/McIdas); the pixel count
 is checked from the header before any pixel is decoded; a decompression-bomb
-warning is an error. The result is re-encoded, so what reaches a provider is an
-image we produced, not the client's bytes.
+warning is an error. A large JPEG (a 61 or 200 MP photo) is decoded already
+reduced (Pillow's draft: the DCT scaled 1/2 to 1/8), so its cap is higher than that
+of the formats decoded whole. The result is re-encoded, so what reaches a provider
+is an image we produced, not the client's bytes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from media.errors import MediaError, too_large, unprocessable
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 
 
-def normalise(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:
-    """Return (data URL, width, height) of the verified, downscaled, re-encoded image."""
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check at open(), with our cap
+def normalise(data: bytes, max_pixels: int, max_side: int, max_jpeg_pixels: int = 0) -> tuple[str, int, int]:
+    """Return (data URL, width, height) of the verified, downscaled, re-encoded image.
+
+    ``max_pixels`` caps images decoded whole, ``max_jpeg_pixels`` JPEGs (decoded reduced)."""
+    jpeg_cap = max(max_pixels, max_jpeg_pixels)
+    Image.MAX_IMAGE_PIXELS = jpeg_cap  # Pillow's own bomb check at open(), with our highest cap
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -29,13 +34,16 @@ def normalise(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, in
                 image: Image.Image = opened
                 width, height = image.size
                 source_format = image.format
-                if width <= 0 or height <= 0 or width * height > max_pixels:
-                    raise too_large(f"Image has too many pixels ({width}x{height}; limit {max_pixels}).")
+                cap = jpeg_cap if source_format == "JPEG" else max_pixels
+                if width <= 0 or height <= 0 or width * height > cap:
+                    raise too_large(f"Image has too many pixels ({width}x{height}; limit {cap}).")
+                if source_format == "JPEG" and max(width, height) > max_side:
+                    image.draft(None, (max_side, max_side))  # decode at the smallest scale still >= max_side
                 image.seek(0)  # animated GIF/WEBP/TIFF: the first frame only
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                if max(image.size) > max_side:
+                if max(image.size) > max_side:  # before the EXIF turn, which copies the image
                     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+                image = ImageOps.exif_transpose(image)
                 has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
                 out = io.BytesIO()
                 if has_alpha or source_format in ("PNG", "GIF"):  # keep graphics lossless; photos as JPEG

@@ -68,3 +68,20 @@ def host_address(host: str) -> Address | None:
         if int(address) >> 32 == 0 and int(address) > 1:  # deprecated IPv4-compatible ::a.b.c.d
             return ipaddress.IPv4Address(int(address))
     return address
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a URL host means this machine, in any spelling: 127.x (also decimal, octal, hex),
+    [::1], IPv4-mapped ::ffff:127.0.0.1, ``localhost``, ``localhost.`` and ``*.localhost``."""
+    name = host.strip().lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = host_address(name)
+    return address is not None and address.is_loopback
+
+
+def listens_on_loopback_only(hosts: tuple[str, ...] | list[str] | str) -> bool:
+    """Whether a server bound to these addresses is reachable from this machine only. A wildcard
+    (``0.0.0.0``, ``::``, empty) or any other address is reachable from elsewhere."""
+    names = [hosts] if isinstance(hosts, str) else list(hosts)
+    return bool(names) and all(name and is_loopback_host(name) for name in names)

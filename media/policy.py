@@ -27,7 +27,11 @@ class MediaPolicy:
     max_file_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     max_image_side: int = 2048
-    max_image_pixels: int = 50_000_000
+    # Pixels of an image decoded whole (PNG, GIF, ...: 4 bytes each in memory), and of a JPEG, which is
+    # decoded already reduced (1/2 to 1/8 scale, Pillow's draft) since it is shrunk to max_image_side anyway.
+    max_image_pixels: int = 100_000_000
+    max_jpeg_pixels: int = 400_000_000
+    max_cell_chars: int = 10_000  # one CSV/TSV cell as the model sees it (longer ones are cut)
     max_text_chars: int = 200_000  # per file, as the model sees it
     max_rows: int = 2_000  # per sheet / CSV
     max_columns: int = 100

@@ -18,7 +18,8 @@ from protocol.openai import ChatCompletionRequest, ChatParams, RequestValidation
 
 THINKING_LEVELS = ("auto", "on", "off", "low", "medium", "high")
 # AbstractCore extension fields: read by the gateway, never sent to an upstream.
-EXTENSION_FIELDS = frozenset({"api_key", "base_url", "thinking", "unload_after", "timeout_s", "agent_format"})
+EXTENSION_FIELDS = frozenset({"api_key", "base_url", "thinking", "unload_after", "timeout_s", "agent_format",
+                              "models"})
 
 
 class ChatRequest(ChatParams, kw_only=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,39 @@ def runtime_dir(port: int) -> Path:
 
 def default_worker_endpoint(port: int = 8000) -> str:
     return f"ipc://{runtime_dir(port) / 'workers.sock'}"
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def ipc_in_use(path: Path) -> bool:
+    """Whether a process accepts on this socket file (a live gateway), not one left by a crashed run."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:  # refused (nobody listens), not a socket, gone
+            return False
+    return True
+
+
+def remove_ipc(endpoint: str) -> None:
+    """Remove an ipc:// socket file this process bound, and its runtime directory once that is empty."""
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    remove_runtime_dir(path.parent)
+
+
+def remove_runtime_dir(path: Path) -> None:
+    """Remove an ``acore-UID-PORT`` directory if nothing is left in it (another process may still use it)."""
+    if path.name.startswith("acore-"):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def is_loopback_tcp(endpoint: str) -> bool:

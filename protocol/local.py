@@ -13,13 +13,20 @@ import signal
 import sys
 from pathlib import Path
 
+from protocol.hub_ids import cached_snapshots, parse_hub_id
+
 # Engine (as in Ready.provider and ``acore-worker --provider``) -> the provider clients write before
 # the slash. Local workers are listed once (conventions): sentence-transformers under huggingface/.
-LISTED_UNDER: dict[str, str] = {"llamacpp": "llamacpp", "mlx": "mlx", "sentence-transformers": "huggingface"}
+LISTED_UNDER: dict[str, str] = {"llamacpp": "llamacpp", "mlx": "mlx", "sentence-transformers": "huggingface",
+                                 "transformers": "huggingface"}
+# The media engines are listed under their own names: whisper/<name>, tts/<name>, diffusers/<name>.
+MEDIA_ENGINES: tuple[str, ...] = ("whisper", "tts", "diffusers")
+LISTED_UNDER.update({engine: engine for engine in MEDIA_ENGINES})
 # What ``--provider`` accepts: the engines plus the seed's ``huggingface``, which picks by the model.
-WORKER_PROVIDERS: tuple[str, ...] = ("llamacpp", "mlx", "sentence-transformers", "huggingface")
+WORKER_PROVIDERS: tuple[str, ...] = ("llamacpp", "mlx", "sentence-transformers", "transformers", "huggingface",
+                                     *MEDIA_ENGINES)
 # The providers local workers appear under (the gateway registers one LocalProvider each).
-LOCAL_PROVIDERS: tuple[str, ...] = ("llamacpp", "mlx", "huggingface")
+LOCAL_PROVIDERS: tuple[str, ...] = ("llamacpp", "mlx", "huggingface", *MEDIA_ENGINES)
 # A single-model endpoint serves a chat model: one of these.
 ENDPOINT_PROVIDERS: tuple[str, ...] = ("llamacpp", "mlx", "huggingface")
 
@@ -41,18 +48,41 @@ EXIT_LOAD_FAILED = 2
 
 
 def resolve_engine(provider: str, model: str) -> str:
-    """``huggingface`` is the seed's spelling: a .gguf file means llama.cpp, anything else sentence-transformers."""
-    if provider == "huggingface":
-        return "llamacpp" if model.lower().endswith(".gguf") else "sentence-transformers"
-    return provider
+    """``huggingface`` is the seed's spelling; it picks the engine by the model: a GGUF (a .gguf path,
+    ``ORG/REPO:QUANT``, ``ORG/REPO/FILE.gguf``) means llama.cpp; a sentence-transformers model (the
+    packaged MiniLM, ``sentence-transformers/…``, a folder or cached snapshot with modules.json) keeps
+    sentence-transformers; any other Hub id or model folder runs transformers."""
+    if provider != "huggingface":
+        return provider
+    hub = parse_hub_id(model)
+    if model.lower().endswith(".gguf") or (hub is not None and hub.gguf):
+        return "llamacpp"
+    if model in PACKAGED_EMBEDDINGS_IDS or model.startswith("sentence-transformers/"):
+        return "sentence-transformers"
+    folders = [Path(model).expanduser()] if hub is None else cached_snapshots(hub.repo)[:1]
+    if any((folder / "modules.json").is_file() for folder in folders):
+        return "sentence-transformers"
+    if hub is not None or Path(model).expanduser().is_dir():
+        return "transformers"
+    return "sentence-transformers"  # as before: its backend explains what is missing
 
 
 def default_name(provider: str, model: str) -> str:
     """The name a worker is served under without --name: GGUF stem, MLX directory name, or the model id."""
     engine = resolve_engine(provider, model)
+    hub = parse_hub_id(model)
+    # Under --provider huggingface a Hub id is named by its repo whichever engine the (possibly not yet
+    # downloaded) repo turns out to need; sentence-transformers ids keep their full spelling.
+    by_repo = engine in ("llamacpp", "mlx", "transformers") or (
+        provider == "huggingface" and model not in PACKAGED_EMBEDDINGS_IDS
+        and not model.startswith("sentence-transformers/"))
+    if hub is not None and by_repo:
+        return hub.default_name  # the repo's last path part, or a GGUF file's stem
     if engine == "llamacpp":
         return Path(model).stem
-    if engine == "mlx":
+    if engine == "transformers":
+        return Path(model.rstrip("/")).name or model
+    if engine == "mlx" or (engine in MEDIA_ENGINES and Path(model).is_dir()):
         return Path(model.rstrip("/")).name or model
     return model
 
@@ -65,7 +95,7 @@ def provider_serves(requested: str, engine: str) -> bool:
     """Whether ``requested/<x>`` reaches a worker of ``engine``; ``huggingface/<x>`` also reaches llama.cpp."""
     if requested == engine or LISTED_UNDER.get(engine) == requested:
         return True
-    return requested == "huggingface" and engine in ("llamacpp", "sentence-transformers")
+    return requested == "huggingface" and engine in ("llamacpp", "sentence-transformers", "transformers")
 
 
 def packaged_embeddings_dir() -> Path | None:

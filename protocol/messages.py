@@ -51,6 +51,9 @@ class Capabilities(msgspec.Struct, frozen=True, omit_defaults=True):
     tools: bool = False
     prompt_cache: bool = False
     json_schema: bool = False
+    transcription: bool = False  # Transcribe (speech-to-text)
+    speech: bool = False  # Speak (text-to-speech)
+    image_generation: bool = False  # GenerateImage
 
 
 # ---------------------------------------------------------------- worker -> gateway
@@ -91,6 +94,23 @@ class Goodbye(Message, frozen=True, tag="bye"):
     sender: str
 
 
+class Loading(Message, frozen=True, tag="loading"):
+    """Worker -> gateway before its Ready, at least once a heartbeat interval: it is downloading its
+    model (``state`` "downloading", bytes so far of ``total_bytes``, 0 when unknown) or loading it
+    ("loading"). The gateway shows it in /providers and /v1/models until the worker's Ready."""
+
+    worker_id: str
+    provider: str  # the engine, as in Ready
+    model: str  # the name it will be served under
+    state: str  # "downloading" | "loading"
+    source: str = ""  # what is downloaded: the Hub id as given
+    done_bytes: int = 0
+    total_bytes: int = 0
+    rate_bytes_per_s: float = 0.0
+    pid: int = 0
+    host: str = ""
+
+
 class Probe(Message, frozen=True, tag="probe"):
     """Gateway -> worker: "I do not know you, say Ready again" (after a gateway restart)."""
 
@@ -118,6 +138,15 @@ class Chunk(Message, frozen=True, tag="chunk"):
     tool_calls: list[dict[str, Any]] = []
 
 
+class MediaChunk(Message, frozen=True, tag="media"):
+    """Part of a media answer (speech audio as it is synthesised): the bytes follow as one raw frame.
+
+    The first chunk of a request names the content type; a Final ends the request."""
+
+    request_id: str
+    content_type: str = ""
+
+
 class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -128,6 +157,7 @@ class Final(Message, frozen=True, tag="final"):
     request_id: str
     finish_reason: str = FinishReason.STOP
     usage: Usage = Usage()
+    stop_sequence: str = ""  # the request's stop string that ended the generation, if one did
     # For embeddings: the vectors follow as one float32 frame of shape (count, dims).
     count: int = 0
     dims: int = 0
@@ -207,7 +237,59 @@ class CacheOp(Message, frozen=True, tag="cache"):
     args: dict[str, Any] = {}
 
 
-WorkerMessage = Ready | Heartbeat | Goodbye | Chunk | Final | Error
-GatewayMessage = Heartbeat | Probe | Fronts | Generate | Embed | Abort | Unload | CacheOp
+class Transcribe(Message, frozen=True, tag="transcribe"):
+    """Speech-to-text of one audio file, which follows as one raw frame (the uploaded bytes).
+
+    Answered by one Final whose ``result`` is ``{"text", "language", "duration", "segments": [{"id",
+    "start", "end", "text"}]}``; the gateway renders the response_format from it."""
+
+    request_id: str
+    task: str = "transcribe"  # or "translate" (into English)
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    filename: str = ""
+
+
+class Speak(Message, frozen=True, tag="speak"):
+    """Text-to-speech: MediaChunk frames as the audio is synthesised, then one Final."""
+
+    request_id: str
+    input: str
+    voice: str | None = None
+    speed: float | None = None
+    response_format: str = "wav"  # wav | pcm (16-bit mono little-endian, 24 kHz)
+
+
+class GenerateImage(Message, frozen=True, tag="image"):
+    """Image generation (or an edit: the input image, then the mask if ``has_mask``, follow as raw
+    frames). Answered by one Final with ``count`` PNG frames."""
+
+    request_id: str
+    prompt: str
+    n: int = 1
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    steps: int | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+    edit: bool = False
+    has_mask: bool = False
+
+
+class Tokenize(Message, frozen=True, tag="tokenize"):
+    """Count the prompt tokens of ``messages`` (and ``tools``) as a Generate of them would render them
+    (the model's chat template and tokenizer). Answered by one Final whose ``usage.prompt_tokens`` is
+    the count (POST /v1/messages/count_tokens)."""
+
+    request_id: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = []
+
+
+WorkerMessage = Ready | Heartbeat | Goodbye | Chunk | Final | Error | MediaChunk | Loading
+GatewayMessage = Heartbeat | Probe | Fronts | Generate | Embed | Abort | Unload | CacheOp | Transcribe | Speak | GenerateImage | Tokenize
 AnyMessage = (Ready | Heartbeat | Goodbye | Probe | Fronts | Chunk | Final | Error | Generate | Embed | Abort | Unload
-              | CacheOp)
+              | CacheOp | MediaChunk | Transcribe | Speak | GenerateImage | Loading
+              | Tokenize)

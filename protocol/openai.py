@@ -109,6 +109,7 @@ class ChatParams(_Base, kw_only=True):
     unload_after: bool | None = None
     timeout_s: float | None = None
     agent_format: ShortString | None = None
+    models: Annotated[list[ShortString], Meta(max_length=64)] | None = None  # fallbacks (gateway caps the length)
     # local models only
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Probability | None = None

@@ -58,3 +58,4 @@ class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=False, omit_default
     unload_after: bool | None = None
     timeout_s: float | None = None
     agent_format: ShortString | None = None
+    models: Annotated[list[ShortString], Meta(max_length=64)] | None = None  # fallbacks, as on chat completions

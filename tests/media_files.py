@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
+import wave
 import zipfile
 import zlib
 
@@ -189,3 +191,56 @@ def pdf_circular_xref() -> bytes:
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
     ], xref_prev_self=True)
+
+
+# ---------------------------------------------------------------- ordinary files some parsers refuse
+
+
+def owner_password_pdf(text: str = "Owner locked text") -> bytes:
+    """Encrypted with an owner password only (printing/copying rights): every viewer opens it."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    pdf.add_page()
+    pdf.cell(0, 10, text)
+    pdf.set_encryption(owner_password="owner-secret")
+    return bytes(pdf.output())
+
+
+def doctype_plist(value: str = "Zebra") -> bytes:
+    return (b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" '
+            b'"http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n<plist version="1.0"><dict><key>Name</key>'
+            b"<string>" + value.encode() + b"</string></dict></plist>\n")
+
+
+def doctype_xhtml(text: str = "Hello page") -> bytes:
+    return (b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+            b'"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n<html xmlns="http://www.w3.org/1999/xhtml">'
+            b"<head><title>t</title></head><body><p>" + text.encode() + b"</p></body></html>\n")
+
+
+def long_cell_csv(cell_chars: int = 150_000) -> bytes:
+    return b"id,notes\n1," + b"y" * cell_chars + b"\n2,short note\n"
+
+
+def gray_jpeg(width: int, height: int) -> bytes:
+    """A large photo-sized JPEG (grayscale and flat, so it is quick to make and small to send)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (width, height), 128).save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def wav_bytes(seconds: float = 1.0, rate: int = 16000, frequency: float = 440.0) -> bytes:
+    """A real mono 16-bit PCM WAV: a sine tone (what a speech-to-text test uploads)."""
+    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * frequency * i / rate)))
+                      for i in range(int(seconds * rate)))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(frames)
+    return out.getvalue()

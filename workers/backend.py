@@ -13,7 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from protocol.messages import CacheOp, Capabilities, Embed, ErrorCode, Generate, Usage
+from protocol.messages import (
+    CacheOp,
+    Capabilities,
+    Embed,
+    ErrorCode,
+    Generate,
+    GenerateImage,
+    Speak,
+    Tokenize,
+    Transcribe,
+    Usage,
+)
 
 
 class WorkerError(Exception):
@@ -42,12 +53,14 @@ class Delta:
 
 Emit = Callable[[Delta], None]
 Cancelled = Callable[[], bool]
+EmitAudio = Callable[[np.ndarray, int], None]  # (mono samples, float32 or int16; sample rate)
 
 
 @dataclass(slots=True)
 class GenerationResult:
     finish_reason: str
     usage: Usage
+    stop_sequence: str = ""  # the stop string that ended it (ChatOutput.stop_sequence)
 
 
 @dataclass(slots=True)
@@ -101,6 +114,24 @@ class Backend(abc.ABC):
     def embed(self, batch: list[Embed]) -> list[EmbedOutcome]:
         raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot embed")
 
+    def count_tokens(self, request: Tokenize) -> int:
+        """Prompt tokens of the messages and tools as ``generate`` would render them."""
+        raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot count chat tokens")
+
+    # Media engines (whisper, tts, diffusers; workers/media_serving.py runs these and answers the gateway).
+
+    def transcribe(self, request: Transcribe, audio: bytes) -> dict[str, Any]:
+        """Speech-to-text of an uploaded file: ``{"text", "language", "duration", "segments"}``."""
+        raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot transcribe")
+
+    def speak(self, request: Speak, emit: EmitAudio, cancelled: Cancelled) -> None:
+        """Text-to-speech: ``emit(samples, sample_rate)`` for each block as soon as it is synthesised."""
+        raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot speak")
+
+    def generate_images(self, request: GenerateImage, inputs: list[bytes]) -> list[bytes]:
+        """``request.n`` PNG images; ``inputs`` holds the image (then the mask) of an edit."""
+        raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot make images")
+
     def cache_op(self, op: CacheOp) -> dict[str, Any]:
         """Prompt-cache control; unsupported backends answer the seed's {"supported": false} shape."""
         return {"supported": False, "error": f"{self.provider} backend has no prompt cache"}
@@ -111,4 +142,8 @@ BACKENDS: dict[str, str] = {
     "llamacpp": "workers.llamacpp:LlamaCppBackend",
     "mlx": "workers.mlx_backend:MLXBackend",
     "sentence-transformers": "workers.sentence_transformers:SentenceTransformersBackend",
+    "whisper": "workers.whisper_backend:WhisperBackend",
+    "tts": "workers.tts_backend:TTSBackend",
+    "diffusers": "workers.diffusers_backend:DiffusersBackend",
+    "transformers": "workers.transformers_backend:TransformersBackend",
 }

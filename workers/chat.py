@@ -7,7 +7,8 @@ request *means* is decided here, once:
   model's own generation config says otherwise (``resolve_sampling``);
 - stop strings, held back until they can be judged (``StopStringFilter``);
 - tool_choice: ``"none"`` means the answer is text whatever it looks like (``tools_active``);
-- tool calls recognised in the model's text (``parse_tool_calls``);
+- tool calls recognised in the model's text as it streams (``workers/tool_calls``: one parser
+  per family, chosen from the chat template);
 - reasoning separated from the answer (``ReasoningSplitter``: a ``<think>`` block at the start).
 
 ``ChatOutput`` strings these together: an engine feeds it decoded text and emits the Deltas
@@ -16,15 +17,14 @@ it returns, then calls ``finish`` with whatever its detokenizer still held.
 
 from __future__ import annotations
 
-import json
-import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.messages import ErrorCode, Generate, SamplingParams
+from protocol.messages import ErrorCode, FinishReason, Generate, SamplingParams
 from workers.backend import Delta, WorkerError
+from workers.tool_calls import ToolCallParser
+from workers.tool_calls.hermes import HermesParser
 
 # --------------------------------------------------------------------------- sampling
 
@@ -85,36 +85,60 @@ def prompt_tools(request: Generate) -> list[dict[str, Any]] | None:
     return request.tools or None
 
 
-def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
-    """OpenAI tool_calls deltas for ``<tool_call>{json}</tool_call>``(s) or a bare ``{"name", "arguments"}``."""
-    bodies = re.findall(r"<tool_call>\s*(.*?)\s*</tool_call>", text, re.S)
-    if bodies:
-        if re.sub(r"<tool_call>.*?</tool_call>", "", text, flags=re.S).strip():
-            return None  # prose around the calls: treat the whole answer as text
-    else:
-        bodies = [text.strip()]
-    calls = []
-    for i, body in enumerate(bodies):
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            return None
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append({
-            "index": i,
-            "id": "call_" + uuid.uuid4().hex[:24],
-            "type": "function",
-            "function": {"name": obj["name"], "arguments": args if isinstance(args, str) else json.dumps(args)},
-        })
-    return calls
+def template_options(request: Generate) -> dict[str, Any]:
+    """Variables the chat template reads for ``thinking``: Qwen 3's ``enable_thinking`` and gpt-oss's
+    ``reasoning_effort`` (templates ignore variables they do not use; "auto" leaves both unset)."""
+    level = request.thinking
+    if level in (None, "auto"):
+        return {}
+    if level == "off":
+        return {"enable_thinking": False, "reasoning_effort": "low"}
+    return {"enable_thinking": True, "reasoning_effort": "medium" if level == "on" else level}
 
 
-def could_be_tool_call(text: str) -> bool:
-    """True while the output so far may still turn out to be a tool call (so it is held back)."""
-    s = text.lstrip()
-    return not s or s.startswith("{") or "<tool_call>".startswith(s[:11]) or s.startswith("<tool_call>")
+class DeltaSink:
+    """Collects a parser's events into the next Delta's fields (tool calls as OpenAI deltas:
+    id, type and name first, then argument fragments of the same index)."""
+
+    __slots__ = ("calls", "reasoning_text", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning_text: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def content(self, text: str) -> None:
+        self.text.append(text)
+
+    def reasoning(self, text: str) -> None:
+        self.reasoning_text.append(text)
+
+    def call_start(self, index: int, call_id: str, name: str) -> None:
+        self.calls.append({"index": index, "id": call_id, "type": "function",
+                           "function": {"name": name, "arguments": ""}})
+
+    def call_args(self, index: int, fragment: str) -> None:
+        last = self.calls[-1] if self.calls else None
+        if last is not None and last["index"] == index:
+            last["function"]["arguments"] += fragment
+        else:
+            self.calls.append({"index": index, "function": {"arguments": fragment}})
+
+    def call_end(self, index: int) -> None:
+        pass
+
+    def take(self, reasoning: str, n_tokens: int) -> Delta:
+        text = self.text[0] if len(self.text) == 1 else "".join(self.text)
+        if self.reasoning_text:
+            reasoning += "".join(self.reasoning_text)
+            self.reasoning_text = []
+        calls = self.calls
+        if calls:
+            self.calls = []
+        else:
+            calls = []  # never the list this sink appends to next
+        self.text = []
+        return Delta(text=text, reasoning=reasoning, n_tokens=n_tokens, tool_calls=calls)
 
 
 # --------------------------------------------------------------------------- stop strings
@@ -126,6 +150,7 @@ class StopStringFilter:
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.matched = ""  # the stop string that was reached (Anthropic's stop_sequence)
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Text safe to emit now, and whether a stop string was reached (the rest is dropped)."""
@@ -134,6 +159,7 @@ class StopStringFilter:
         self.pending += text
         cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
+            self.matched = next(s for s in self.stops if self.pending.find(s) == cut)
             out, self.pending = self.pending[:cut], ""
             return out, True
         out = self.pending[: len(self.pending) - _held_tail(self.pending, self.stops)]
@@ -160,6 +186,7 @@ def _held_tail(text: str, markers: list[str]) -> int:
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+THINK_TAGS = (THINK_OPEN, THINK_CLOSE)  # special tokens in some vocabularies: the engine renders them as text
 
 
 def opens_reasoning(prompt: str) -> bool:
@@ -219,51 +246,76 @@ class ReasoningSplitter:
 class ChatOutput:
     """Turns one generation's decoded text into Deltas: stop strings, then reasoning, then tool calls.
 
-    With tools active, answer text that may still become a tool call is held back until it
-    can be judged; ``finish`` then emits it as tool calls or as text.
+    ``parser`` is the model's tool-call family (workers/tool_calls); with tools active it reads the
+    answer as it streams: content goes out at once, a tool call as soon as it is recognised.
     """
 
-    def __init__(self, request: Generate, reasoning_open: bool = False) -> None:
+    def __init__(self, request: Generate, reasoning_open: bool = False,
+                 parser: type[ToolCallParser] = HermesParser) -> None:
         self.stops = StopStringFilter(list(request.params.stop))
-        self.reasoning = ReasoningSplitter(inside=reasoning_open)
-        self.held: str | None = "" if tools_active(request) else None
+        self.reasoning = ReasoningSplitter(inside=reasoning_open) if parser.think_tags else None
+        active = tools_active(request)
+        self.sink = DeltaSink()
+        self.parser = parser(self.sink, request.tools, tools_enabled=active) if active or parser.always else None
         self.stopped = False  # a stop string was reached: the engine ends the generation
+
+    @property
+    def stop_sequence(self) -> str:
+        """The stop string that ended the answer ("" when none did)."""
+        return self.stops.matched if self.stopped else ""
 
     def feed(self, text: str, n_tokens: int = 1) -> Delta:
         out, hit = self.stops.feed(text)
         self.stopped = self.stopped or hit
-        reasoning, content = self.reasoning.feed(out)
-        return Delta(text=self._hold(content), reasoning=reasoning, n_tokens=n_tokens)
-
-    def _hold(self, content: str) -> str:
-        if self.held is None:
-            return content
-        self.held += content
-        if could_be_tool_call(self.held):
-            return ""
-        out, self.held = self.held, None
-        return out
+        reasoning, content = self.reasoning.feed(out) if self.reasoning is not None else ("", out)
+        if self.parser is None:
+            return Delta(text=content, reasoning=reasoning, n_tokens=n_tokens)
+        self.parser.feed(content)
+        return self.sink.take(reasoning, n_tokens)
 
     def finish(self, tail: str = "") -> tuple[Delta | None, bool]:
         """The last Delta (what was held back, plus the detokenizer's ``tail``; None when there is
-        nothing left) and whether it is a tool call."""
+        nothing left) and whether the answer called a tool."""
         if not self.stopped:
             out, hit = self.stops.feed(tail)
             self.stopped = hit
             tail = out if hit else out + self.stops.flush()
         else:
             tail = ""
-        reasoning, content = self.reasoning.feed(tail)
-        late_reasoning, late_content = self.reasoning.flush()
-        reasoning += late_reasoning
-        content += late_content
-        if self.held is not None:
-            held, self.held = self.held + content, None
-            calls = parse_tool_calls(held) if held.strip() else None
-            if calls:
-                return Delta(reasoning=reasoning, tool_calls=calls), True
-            content = held
-        return (Delta(text=content, reasoning=reasoning) if content or reasoning else None), False
+        if self.reasoning is not None:
+            reasoning, content = self.reasoning.feed(tail)
+            late_reasoning, late_content = self.reasoning.flush()
+            reasoning += late_reasoning
+            content += late_content
+        else:
+            reasoning, content = "", tail
+        if self.parser is None:
+            return (Delta(text=content, reasoning=reasoning) if content or reasoning else None), False
+        self.parser.feed(content)
+        self.parser.finish()
+        delta = self.sink.take(reasoning, 0)
+        called = self.parser.calls > 0
+        return (delta if delta.text or delta.reasoning or delta.tool_calls else None), called
+
+
+def merged_tool_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Whole calls from streamed tool-call fragments (a start with id and name, then argument pieces)."""
+    calls: dict[int, dict[str, Any]] = {}
+    for fragment in fragments:
+        function = fragment.get("function") or {}
+        call = calls.get(fragment["index"])
+        if call is None:
+            calls[fragment["index"]] = {**fragment, "function": {"name": function.get("name", ""),
+                                                                 "arguments": function.get("arguments", "")}}
+        else:
+            call["function"]["arguments"] += function.get("arguments") or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+def finish_reason(ended: FinishReason, called: bool) -> FinishReason:
+    """A generation that ended by itself with a call made finishes ``tool_calls``; one cut by
+    max_tokens stays ``length`` (its partial call was reported: the client sees what it got)."""
+    return FinishReason.TOOL_CALLS if called and ended == FinishReason.STOP else ended
 
 
 def message_text(content: Any) -> str:

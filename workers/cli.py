@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from protocol.curve import (
@@ -29,7 +30,10 @@ from protocol.local import (
     die_with_parent,
     resolve_engine,
 )
+from workers.announce import LoadingBeacon
 from workers.backend import BACKENDS, Backend, ModelLoadError
+from workers.hub import fetch_model
+from workers.tool_calls import NAMES as TOOL_PARSERS
 
 # Test-only backends: accepted solely with ACORE_TEST_BACKENDS=1, so a deployment never exposes them.
 TEST_BACKENDS = {"echo": "tests.fakes.echo_backend:EchoBackend"}
@@ -46,11 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "`acore-worker keygen DIR [--name NAME]` writes a CurveZMQ key pair for joining from another host.",
     )
     parser.add_argument("--provider", required=True, choices=choices,
-                        help="model engine; huggingface = llamacpp for a .gguf file, else sentence-transformers")
-    parser.add_argument("--model", required=True, metavar="PATH_OR_ID", help="GGUF file, MLX directory or model id")
-    parser.add_argument("--name", help="serve the model under this name (default: file stem, directory name or id)")
+                        help="model engine; huggingface = llamacpp for a GGUF, sentence-transformers for an "
+                             "embeddings model, else transformers; media: whisper (speech-to-text), tts "
+                             "(--model espeak-ng), diffusers (images)")
+    parser.add_argument("--model", required=True, metavar="PATH_OR_HUB_ID",
+                        help="GGUF file, model directory, or Hugging Face Hub id (ORG/REPO; for llama.cpp "
+                             "ORG/REPO:QUANT or ORG/REPO/FILE.gguf), downloaded into the Hub cache")
+    parser.add_argument("--name", help="serve the model under this name (default: file stem, directory or repo "
+                                       "name, or the sentence-transformers id)")
     parser.add_argument("--n-ctx", type=int, help="context window in tokens (default: the model's, capped)")
     parser.add_argument("--threads", type=int, help="CPU threads for the model")
+    parser.add_argument("--tool-parser", metavar="NAME", choices=TOOL_PARSERS,
+                        help="tool-call syntax of the model (default auto: recognised in its chat template): "
+                             + ", ".join(TOOL_PARSERS))
     parser.add_argument("--connect", action="append", metavar="ENDPOINT", default=[],
                         help="gateway worker endpoint (repeatable; default: the ipc:// endpoint of port 8000)")
     parser.add_argument("--prompt-cache-bytes", type=int, metavar="N",
@@ -132,23 +144,33 @@ def main(argv: list[str] | None = None) -> None:
         print(f"acore-worker: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOAD_FAILED) from None
     provider = resolve_engine(args.provider, args.model)
-    name = args.name or default_name(provider, args.model)
+    name = args.name or default_name(args.provider, args.model)
     options: dict[str, Any] = {"n_ctx": args.n_ctx, "threads": args.threads}
     if args.prompt_cache_bytes is not None:
         options["prompt_cache_bytes"] = args.prompt_cache_bytes
     if args.prompt_cache_ttl_s is not None:
         options["prompt_cache_ttl_s"] = args.prompt_cache_ttl_s
+    if args.tool_parser:
+        options["tool_parser"] = args.tool_parser
     supervisor = os.environ.get(SUPERVISOR_ENV)
     parent_pid = int(supervisor) if supervisor and supervisor.isdigit() else None
     if parent_pid is not None:
         die_with_parent()
         if os.getppid() != parent_pid:  # the gateway died before prctl took effect
             raise SystemExit(1)
+    # Identity: unique per process so a restarted worker is never mistaken for its predecessor.
+    worker_id = f"{name[-80:]}-{os.getpid()}-{secrets.token_hex(3)}"
     try:
-        backend = load_backend_class(provider)(args.model, name, options)
-        log.info("loading %s ...", args.model)
-        started = time.monotonic()
-        backend.load()
+        # Until the model is loaded, the beacon tells the gateways (downloading, then loading).
+        with LoadingBeacon(endpoints, worker_id, provider, name, keys) as beacon:
+            path = fetch_model(provider, args.model, beacon.update)  # a Hub id is downloaded first
+            if args.provider == "huggingface" and provider == "transformers" and (Path(path) / "modules.json").is_file():
+                provider = "sentence-transformers"  # only the downloaded repo tells: an embeddings model
+            beacon.update("loading", source=args.model)
+            backend = load_backend_class(provider)(path, name, options)
+            log.info("loading %s ...", path)
+            started = time.monotonic()
+            backend.load()
     except ModelLoadError as exc:
         print(f"acore-worker: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOAD_FAILED) from None
@@ -158,8 +180,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from workers.loop import WorkerLoop, install_signal_handlers
 
-    # Identity: unique per process so a restarted worker is never mistaken for its predecessor.
-    worker_id = f"{name[-80:]}-{os.getpid()}-{secrets.token_hex(3)}"
     loop = WorkerLoop(backend, endpoints, worker_id, max_batch=args.max_batch,
                       batch_wait_ms=args.batch_wait_ms, parent_pid=parent_pid, curve=keys)
     install_signal_handlers(loop)

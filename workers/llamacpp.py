@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import CacheOp, Capabilities, ErrorCode, FinishReason, Generate, Usage
+from protocol.messages import CacheOp, Capabilities, ErrorCode, FinishReason, Generate, Tokenize, Usage
 from workers.backend import (
     Backend,
     BackendInfo,
@@ -29,9 +29,21 @@ from workers.backend import (
     ModelLoadError,
     WorkerError,
 )
-from workers.chat import ChatOutput, message_text, opens_reasoning, prompt_tools, resolve_sampling
+from workers.chat import (
+    THINK_TAGS,
+    ChatOutput,
+    finish_reason,
+    message_text,
+    opens_reasoning,
+    prompt_tools,
+    resolve_sampling,
+    template_options,
+)
 from workers.prompt_cache import DEFAULT_MAX_BYTES, CacheEntry, PromptCacheStore, as_tokens, common_prefix
 from workers.prompt_cache import prepare_modules as build_modules
+from workers.tool_calls import ToolCallParser, choose_parser
+from workers.tool_calls.grammar import forced_tools, tool_call_grammar
+from workers.tool_calls.hermes import HermesParser
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +128,8 @@ class LlamaCppBackend(Backend):
         self._pieces: dict[int, bytes] = {}
         self._n_ctx = 0
         self._model_defaults: dict[str, float] = {}
+        self.tool_parser: type[ToolCallParser] = HermesParser
+        self._preserved: frozenset[int] = frozenset()  # special tokens rendered as text for the parser
         self.cache = PromptCacheStore(
             max_bytes=int(options.get("prompt_cache_bytes") or DEFAULT_MAX_BYTES),
             default_ttl_s=options.get("prompt_cache_ttl_s"),
@@ -179,6 +193,10 @@ class LlamaCppBackend(Backend):
             return llama._model.token_get_text(tid) if tid >= 0 else ""
 
         bos, eos = tok_text(llama.token_bos()), tok_text(llama.token_eos())
+        self.tool_parser = choose_parser(self.options.get("tool_parser"), template)
+        wanted = set(self.tool_parser.preserved_tokens) | (set(THINK_TAGS) if self.tool_parser.think_tags else set())
+        self._preserved = frozenset(t for t in range(llama.n_vocab()) if tok_text(t) in wanted) if wanted \
+            else frozenset()
         self._formatters = {
             gen: Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=gen)
             for gen in (True, False)
@@ -210,14 +228,14 @@ class LlamaCppBackend(Backend):
     # ------------------------------------------------------------ prompt building
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, options: dict[str, Any] | None = None) -> str:
         msgs = []
         for m in messages:
             msg = dict(m)
             msg["content"] = message_text(m.get("content"))
             msgs.append(msg)
         try:
-            return self._formatters[add_generation_prompt](messages=msgs, tools=tools or None).prompt
+            return self._formatters[add_generation_prompt](messages=msgs, tools=tools or None, **(options or {})).prompt
         except WorkerError:
             raise
         except Exception as e:  # template raise_exception() or a Jinja error on odd input
@@ -226,6 +244,9 @@ class LlamaCppBackend(Backend):
     def tokenize(self, text: str) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def count_tokens(self, request: Tokenize) -> int:
+        return len(self.tokenize(self.render(request.messages, request.tools or None)))
+
     def _piece(self, token: int) -> bytes:
         # Own call: LlamaModel.token_to_piece returns its whole 32-byte buffer, NULs included.
         piece = self._pieces.get(token)
@@ -233,10 +254,11 @@ class LlamaCppBackend(Backend):
             import llama_cpp
 
             buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            special = token in self._preserved  # a marker the tool-call parser reads (<|channel|>, ...)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
             if n < 0:  # a longer piece: llama.cpp returns minus the size it needs
                 buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
             piece = buf.raw[: max(n, 0)]
             self._pieces[token] = piece
         return piece
@@ -296,7 +318,7 @@ class LlamaCppBackend(Backend):
 
     # ------------------------------------------------------------ generation
 
-    def _sampler(self, request: Generate) -> Any:
+    def _sampler(self, request: Generate, reasoning_open: bool = False) -> Any:
         from llama_cpp import LlamaGrammar
         from llama_cpp._internals import LlamaSampler
         from llama_cpp.llama_grammar import JSON_GBNF
@@ -322,7 +344,14 @@ class LlamaCppBackend(Backend):
         )
         rf = request.response_format or {}
         kind = rf.get("type")
-        if kind in ("json_object", "json_schema"):
+        forced = forced_tools(request.tools, request.tool_choice)
+        if forced:  # tool_choice required / named: a call in the model's own syntax, nothing else
+            gbnf = tool_call_grammar(self.tool_parser.family, forced, close_reasoning=reasoning_open)
+            try:
+                sampler.add_grammar(llama._model, LlamaGrammar.from_string(gbnf, verbose=False))
+            except Exception as e:
+                raise WorkerError(ErrorCode.BAD_REQUEST, f"cannot constrain the tool call: {e}", "tools") from e
+        elif kind in ("json_object", "json_schema"):
             schema = (rf.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
             try:
                 grammar = (LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False) if schema
@@ -351,7 +380,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         llama = self.llama
-        rendered = self.render(request.messages, prompt_tools(request))
+        rendered = self.render(request.messages, prompt_tools(request), options=template_options(request))
         prompt = self.tokenize(rendered)
         limit = self._n_ctx - 1
         if len(prompt) > limit:
@@ -363,7 +392,8 @@ class LlamaCppBackend(Backend):
         max_tokens = request.params.max_tokens
         room = self._n_ctx - len(prompt)
         max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
-        sampler = self._sampler(request)
+        reasoning_open = opens_reasoning(rendered)
+        sampler = self._sampler(request, reasoning_open)
         key = request.prompt_cache_key or self.cache.default_key
 
         cached = self._prefill(prompt, key)
@@ -371,7 +401,7 @@ class LlamaCppBackend(Backend):
             return GenerationResult(FinishReason.ABORTED, Usage(prompt_tokens=len(prompt), cached_tokens=cached))
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        output = ChatOutput(request, reasoning_open=opens_reasoning(rendered))
+        output = ChatOutput(request, reasoning_open=reasoning_open, parser=self.tool_parser)
         finish = FinishReason.LENGTH
         n_out = 0
         vocab, ctx, raw_sampler = self._vocab, llama._ctx, sampler
@@ -391,16 +421,15 @@ class LlamaCppBackend(Backend):
             if n_out < max_tokens:
                 llama.eval([token])
         if finish != FinishReason.ABORTED:
-            last, tool_call = output.finish(decoder.decode(b"", final=True))
+            last, called = output.finish(decoder.decode(b"", final=True))
             if last is not None:
                 emit(last)
-            if tool_call:
-                finish = FinishReason.TOOL_CALLS
-            elif output.stopped:
+            if output.stopped:
                 finish = FinishReason.STOP
+            finish = finish_reason(finish, called)
         self._remember(key, len(prompt))
         return GenerationResult(finish, Usage(prompt_tokens=len(prompt), completion_tokens=n_out,
-                                              cached_tokens=cached))
+                                              cached_tokens=cached), stop_sequence=output.stop_sequence)
 
     def _remember(self, key: str | None, n_prompt: int) -> None:
         """Snapshot the context after a request: under its key, or automatically for long prompts."""

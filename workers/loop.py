@@ -24,7 +24,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import zmq
@@ -48,10 +49,12 @@ from protocol.messages import (
     Heartbeat,
     Probe,
     Ready,
+    Tokenize,
     Unload,
     Usage,
 )
 from workers.backend import Backend, Delta, WorkerError
+from workers.media_serving import MEDIA_REQUESTS, serve_media
 from workers.outbox import Outbox
 from workers.sockets import HandshakeWatch, connect_dealer
 
@@ -73,6 +76,7 @@ MAX_BATCH_WINDOW_FACTOR = 5
 class _Work:
     sock: int
     message: AnyMessage
+    frames: list[Any] = field(default_factory=list)  # raw frames after the header (uploaded media)
 
 
 class WorkerLoop:
@@ -255,14 +259,14 @@ class WorkerLoop:
             except zmq.Again:
                 return
             try:
-                message, _binary = self._decoder.decode(frames)
+                message, binary = self._decoder.decode(frames)
             except MalformedFrame as exc:
                 self.dropped_frames += 1
                 log.warning("dropped a malformed frame (%d so far): %s", self.dropped_frames, str(exc)[:200])
                 continue
-            self._handle(index, sock, message)
+            self._handle(index, sock, message, binary)
 
-    def _handle(self, index: int, sock: zmq.Socket[bytes], message: AnyMessage) -> None:
+    def _handle(self, index: int, sock: zmq.Socket[bytes], message: AnyMessage, binary: list[Any] | None = None) -> None:
         if isinstance(message, Heartbeat):
             # last-seen is already updated; a numbered beat is answered at once (the gateway's round-trip time)
             if message.seq:
@@ -285,11 +289,11 @@ class WorkerLoop:
                 if message.request_id in self._known:
                     self._aborted.add(message.request_id)
             return
-        if isinstance(message, Generate | Embed | CacheOp | Unload):
+        if isinstance(message, Generate | Embed | CacheOp | Unload | Tokenize) or isinstance(message, MEDIA_REQUESTS):
             if message.request_id:
                 with self._lock:
                     self._known[message.request_id] = index
-            self._work.put(_Work(index, message))
+            self._work.put(_Work(index, message, binary or []))
             return
         self.dropped_frames += 1  # a well-formed message of the wrong direction
 
@@ -367,6 +371,12 @@ class WorkerLoop:
             elif isinstance(message, CacheOp):
                 result = self.backend.cache_op(message)
                 self._reply(item.sock, Final(request_id=request_id, result=result))
+            elif isinstance(message, Tokenize):
+                count = self.backend.count_tokens(message)
+                self._reply(item.sock, Final(request_id=request_id, usage=Usage(prompt_tokens=count)))
+            elif isinstance(message, MEDIA_REQUESTS):
+                serve_media(self.backend, message, item.frames, partial(self._reply, item.sock),
+                            partial(self.aborted, request_id))
         except WorkerError as exc:
             self._flush_marker(request_id)
             self._reply(item.sock, Error(request_id=request_id, code=exc.code, message=exc.message, param=exc.param))
@@ -399,7 +409,8 @@ class WorkerLoop:
         result = self.backend.generate(request, emit, cancelled)
         finish = FinishReason.ABORTED if cancelled() else result.finish_reason
         # The IO thread sends what still waits for this request before this Final.
-        self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=result.usage))
+        self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=result.usage,
+                                stop_sequence=result.stop_sequence))
 
     def _collect_embeds(self, first: _Work) -> list[_Work]:
         """The first Embed plus those already queued or arriving within batch_wait of the previous one,

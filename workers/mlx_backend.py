@@ -16,9 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import CacheOp, Capabilities, ErrorCode, FinishReason, Generate, Usage
+from protocol.messages import CacheOp, Capabilities, ErrorCode, FinishReason, Generate, Tokenize, Usage
 from workers.backend import Backend, BackendInfo, Cancelled, Emit, GenerationResult, ModelLoadError, WorkerError
-from workers.chat import ChatOutput, message_text, opens_reasoning, prompt_tools, resolve_sampling
+from workers.chat import (
+    ChatOutput,
+    finish_reason,
+    message_text,
+    opens_reasoning,
+    prompt_tools,
+    resolve_sampling,
+    template_options,
+)
 from workers.prompt_cache import (
     AUTO_PREFIX,
     DEFAULT_MAX_BYTES,
@@ -28,6 +36,10 @@ from workers.prompt_cache import (
     common_prefix,
     prepare_modules,
 )
+from workers.tool_calls import ToolCallParser, choose_parser
+from workers.tool_calls.constrain import GrammarLogits
+from workers.tool_calls.grammar import forced_tools, tool_call_grammar
+from workers.tool_calls.hermes import HermesParser
 
 PREFILL_STEP = 2048  # mlx-lm's default prefill chunk
 # generation_config.json names -> the names resolve_sampling uses (the model's own defaults).
@@ -120,6 +132,7 @@ class MLXBackend(Backend):
         self._dir: Path | None = None
         self._context_length = int(options.get("n_ctx") or 0)
         self._model_defaults: dict[str, float] = {}
+        self.tool_parser: type[ToolCallParser] = HermesParser
         # same option names as the llama.cpp backend
         max_bytes = int(options.get("prompt_cache_bytes") or DEFAULT_MAX_BYTES)
         ttl = options.get("prompt_cache_ttl_s")
@@ -143,6 +156,7 @@ class MLXBackend(Backend):
         if not self._context_length:
             self._context_length = self._config_context_length(self._dir)
         self._model_defaults = self._generation_defaults(self._dir)
+        self.tool_parser = choose_parser(self.options.get("tool_parser"), getattr(self._tokenizer, "chat_template", None))
 
     def unload(self) -> None:
         self._model = self._tokenizer = None
@@ -193,17 +207,21 @@ class MLXBackend(Backend):
                 add_generation_prompt: bool) -> list[int]:
         return self._encode(self._template(messages, tools, add_generation_prompt))
 
+    def count_tokens(self, request: Tokenize) -> int:
+        return len(self._render(request.messages, request.tools or None, True))
+
     def _render_prompt(self, request: Generate) -> tuple[list[int], str]:
         """A generation's prompt as tokens, and as text (to see whether it opens a reasoning block)."""
-        text = self._template(request.messages, prompt_tools(request), True)
+        text = self._template(request.messages, prompt_tools(request), True, template_options(request))
         return self._encode(text), text
 
     def _template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                  add_generation_prompt: bool) -> str:
+                  add_generation_prompt: bool, options: dict[str, Any] | None = None) -> str:
         msgs = [{**m, "content": message_text(m.get("content"))} for m in messages]
         try:
             text = self._tokenizer.apply_chat_template(msgs, tools=tools or None,
-                                                       add_generation_prompt=add_generation_prompt, tokenize=False)
+                                                       add_generation_prompt=add_generation_prompt, tokenize=False,
+                                                       **(options or {}))
         except WorkerError:
             raise
         except Exception as exc:
@@ -312,6 +330,7 @@ class MLXBackend(Backend):
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         p = request.params
+        forced = forced_tools(request.tools, request.tool_choice)
         tokens, rendered = self._render_prompt(request)
         ctx = self._context_length or 1 << 30
         if len(tokens) >= ctx:
@@ -334,6 +353,9 @@ class MLXBackend(Backend):
             presence_penalty=sampling.presence_penalty or None,
             frequency_penalty=sampling.frequency_penalty or None,
         )
+        if forced:  # tool_choice required / named: a call in the model's own syntax, nothing else
+            lark = tool_call_grammar(self.tool_parser.family, forced, opens_reasoning(rendered), dialect="lark")
+            processors.append(GrammarLogits(getattr(self._tokenizer, "_tokenizer", self._tokenizer), lark))
         if sampling.seed is not None:
             mx.random.seed(int(sampling.seed) & 0xFFFFFFFF)
 
@@ -350,7 +372,7 @@ class MLXBackend(Backend):
         finish = FinishReason.LENGTH
         eos = set(self._tokenizer.eos_token_ids)
         detok = self._tokenizer.detokenizer
-        output = ChatOutput(request, reasoning_open=opens_reasoning(rendered))
+        output = ChatOutput(request, reasoning_open=opens_reasoning(rendered), parser=self.tool_parser)
         steps: Iterator[tuple[Any, Any]] = generate_step(
             mx.array(tokens[reused:]), self._model, max_tokens=-1, sampler=sampler,
             logits_processors=processors or None, prompt_cache=kv.layers, prefill_step_size=PREFILL_STEP,
@@ -381,13 +403,12 @@ class MLXBackend(Backend):
             if finish != FinishReason.ABORTED:
                 # the detokenizer may still hold a partial character, the filters a held-back tail
                 detok.finalize()
-                last, tool_call = output.finish("" if output.stopped else detok.last_segment)
+                last, called = output.finish("" if output.stopped else detok.last_segment)
                 if last is not None:
                     emit(last)
-                if tool_call:
-                    finish = FinishReason.TOOL_CALLS
-                elif output.stopped:
+                if output.stopped:
                     finish = FinishReason.STOP
+                finish = finish_reason(finish, called)
             ok = True
         finally:
             close = getattr(steps, "close", None)
@@ -402,7 +423,7 @@ class MLXBackend(Backend):
                 self.store.put(key, entry)
         return GenerationResult(finish_reason=finish,
                                 usage=Usage(prompt_tokens=len(tokens), completion_tokens=completion,
-                                            cached_tokens=reused))
+                                            cached_tokens=reused), stop_sequence=output.stop_sequence)
 
     @staticmethod
     def _with_history(processor: Any, history: Any) -> Any:

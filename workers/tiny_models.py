@@ -82,6 +82,7 @@ def write_tiny_gguf(
     tools_template: bool = True,
     with_template: bool = True,
     sampling: dict[str, float] | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write a tiny llama GGUF and return its path.
 
@@ -89,7 +90,8 @@ def write_tiny_gguf(
     then 0 while real pieces get random values, so greedy decoding never picks them in practice,
     never stops early and never emits incomplete UTF-8 (what a benchmark needs: every run reaches
     max_tokens). ``sampling`` writes the author's sampling defaults (general.sampling.*: temp, top_p,
-    top_k, min_p, penalty_repeat), as recent conversions carry them.
+    top_k, min_p, penalty_repeat), as recent conversions carry them. ``chat_template`` replaces the
+    ChatML one (e.g. a template in another tool-call family's syntax).
     """
     import gguf  # test/dev dependency only: the worker never needs it
 
@@ -131,7 +133,7 @@ def write_tiny_gguf(
     for key, value in (sampling or {}).items():
         getattr(w, f"add_sampling_{key}")(int(value) if key == "top_k" else float(value))
     if with_template:  # False: an old-style conversion without one (tests the fallback)
-        w.add_chat_template(CHATML_TOOLS_TEMPLATE if tools_template else CHATML_TEMPLATE)
+        w.add_chat_template(chat_template or (CHATML_TOOLS_TEMPLATE if tools_template else CHATML_TEMPLATE))
 
     def normal(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)

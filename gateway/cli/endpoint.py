@@ -35,9 +35,11 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
         "ABSTRACTENDPOINT_PORT (flags win).",
     )
     parser.add_argument("--provider", choices=ENDPOINT_PROVIDERS, default=env.get("ABSTRACTENDPOINT_PROVIDER"),
-                        help="llamacpp (a .gguf file) or mlx (a directory); huggingface = llamacpp for a .gguf")
-    parser.add_argument("--model", default=env.get("ABSTRACTENDPOINT_MODEL"), metavar="PATH",
-                        help="GGUF file or MLX directory")
+                        help="llamacpp (a GGUF) or mlx (a directory); huggingface = llamacpp for a GGUF, else "
+                             "transformers")
+    parser.add_argument("--model", default=env.get("ABSTRACTENDPOINT_MODEL"), metavar="PATH_OR_HUB_ID",
+                        help="GGUF file, model directory, or Hugging Face Hub id (ORG/REPO, ORG/REPO:QUANT, "
+                             "ORG/REPO/FILE.gguf), downloaded into the Hub cache")
     parser.add_argument("--name", help="serve the model under this name (default: file stem or directory name)")
     parser.add_argument("--host", default=env.get("ABSTRACTENDPOINT_HOST") or "127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
@@ -73,7 +75,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None)
 def served_model(spec: WorkerSpec) -> tuple[str, str]:
     """(provider it is listed under, model name): what every request is pinned to."""
     engine = resolve_engine(spec.provider, spec.model)
-    return listed_under(engine), spec.name or default_name(engine, spec.model)
+    return listed_under(engine), spec.name or default_name(spec.provider, spec.model)
 
 
 def create_endpoint_app(config: GatewayConfig) -> web.Application:

@@ -27,7 +27,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.ops.store import StoreUnavailable, open_store
 from gateway.pool import front_endpoints, supervised_specs, supervisor_for, worker_auth
 from gateway.pool.board import FailureBoard, board_path
-from protocol.endpoints import runtime_dir
+from protocol.endpoints import remove_runtime_dir, runtime_dir
 from protocol.local import SUPERVISOR_ENV
 
 log = logging.getLogger("acore.gateway")
@@ -199,3 +199,4 @@ async def run_fronts(config: GatewayConfig, argv: list[str]) -> None:
         board.path.unlink(missing_ok=True)
         for index in range(config.processes):
             (fronts.runtime / f"front-{index}.started").unlink(missing_ok=True)
+        remove_runtime_dir(fronts.runtime)  # the fronts removed their worker sockets; nothing is left

@@ -13,6 +13,7 @@ from gateway.cli.fronts import run_fronts
 from gateway.cli.serve import install_event_loop, run
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.ops.logs import setup_logging
+from gateway.pipeline.agent_format import refuse_tool_execution
 from gateway.pool.auth import ensure_gateway_keys, gateway_key_files
 from protocol.curve import AUTHORIZED_DIR, key_id
 from protocol.local import die_with_parent
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="structured JSON log line per request (secrets redacted); also ABSTRACTCORE_DEBUG=1")
     parser.add_argument("--config", metavar="FILE", help="TOML config file ([[workers]], [providers.X], [limits], [media])")
     parser.add_argument("--worker", action="append", metavar="PROVIDER:MODEL", default=[],
-                        help="start and supervise a local worker, e.g. llamacpp:model.gguf or mlx:DIR (repeatable)")
+                        help="start and supervise a local worker, e.g. llamacpp:model.gguf, mlx:DIR or a Hugging "
+                             "Face Hub id: llamacpp:ORG/REPO:QUANT, huggingface:ORG/REPO (repeatable)")
     parser.add_argument("--worker-bind", metavar="ENDPOINT",
                         help="bind the worker socket here (tcp://HOST:PORT) instead of a private ipc:// path")
     parser.add_argument("--worker-keys", metavar="DIR",
@@ -42,6 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "also ACORE_PROCESSES")
     parser.add_argument("--shutdown-timeout", type=float, metavar="S", default=None,
                         help="on SIGTERM, how long in-flight requests and streams may finish (default 5 s)")
+    parser.add_argument("--stream-idle-timeout", type=float, metavar="S", default=None,
+                        help="end a stream that sends nothing for S seconds with an error event (default 120; "
+                             "a request's timeout_s wins); also ACORE_STREAM_IDLE_TIMEOUT")
+    parser.add_argument("--header-timeout", type=float, metavar="S", default=None,
+                        help="answer 408 to a connection whose request headers take longer (default 10); "
+                             "also ACORE_HEADER_TIMEOUT")
+    parser.add_argument("--max-connections", type=int, metavar="N", default=None,
+                        help="refuse new connections past N open ones (default 8192, and below the open-file "
+                             "limit); also ACORE_MAX_CONNECTIONS")
+    parser.add_argument("--max-inflight-bytes", type=int, metavar="N", default=None,
+                        help="request bodies and attachments held at once; past it new requests get 503 "
+                             "(default 1/8 of the RAM); also ACORE_MAX_INFLIGHT_BYTES")
     parser.add_argument("--no-default-embeddings", action="store_true",
                         help="do not start the packaged all-MiniLM-L6-v2 embeddings worker")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
@@ -61,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> GatewayConfig:
+    refuse_tool_execution(os.environ)  # acore never executes tools: a seed setting saying so is refused
     overrides = {
         "host": args.host,
         "port": args.port,
@@ -70,6 +85,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         "worker_keys": args.worker_keys,
         "processes": args.processes,
         "shutdown_timeout_s": args.shutdown_timeout,
+        "limits": {"stream_idle_timeout_s": args.stream_idle_timeout, "header_timeout_s": args.header_timeout,
+                   "max_connections": args.max_connections, "max_inflight_bytes": args.max_inflight_bytes},
         "default_embeddings": False if args.no_default_embeddings else None,
         "log_format": args.log_format,
         "log_file": args.log_file,

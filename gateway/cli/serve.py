@@ -13,6 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.config import ConfigError, GatewayConfig
+from gateway.ops.connections import GuardedRunner, connection_cap, raise_open_file_limit
 from gateway.ops.drain import HURRY
 from gateway.ops.logs import setup_logging
 from gateway.ops.reload import RELOAD, reload_config
@@ -53,8 +54,13 @@ def serve(app: web.Application, config: GatewayConfig, reload: Callable[[], obje
 
 async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[], object] | None) -> None:
     loop = asyncio.get_running_loop()
+    limits = config.limits
+    before, open_files = raise_open_file_limit()
+    max_connections = connection_cap(limits.max_connections, open_files)
     # Our own drain waits for in-flight requests; aiohttp then only waits a moment for stragglers.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    runner = GuardedRunner(app, header_timeout_s=limits.header_timeout_s, max_connections=max_connections,
+                           handler_cancellation=True, access_log=None, shutdown_timeout=1.0,
+                           keepalive_timeout=limits.keepalive_timeout_s)
     try:
         await runner.setup()  # start-up: the cleanup contexts (HTTP session, state store, worker pool, ...)
         site = web.TCPSite(runner, config.host, config.port, reuse_port=config.processes > 1, backlog=1024)
@@ -65,6 +71,10 @@ async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[
     except BaseException:
         await runner.cleanup()
         raise
+    logging.getLogger("acore.gateway").info(
+        "open-file limit %s; up to %d client connections, request headers within %g s, idle keep-alive %g s",
+        f"raised from {before} to {open_files}" if open_files > before else f"{open_files}", max_connections,
+        limits.header_timeout_s, limits.keepalive_timeout_s)
     if config.front_index is not None:
         front_started(config)  # tell the parent of a --processes N gateway this front listens
     stop = asyncio.Event()

@@ -9,7 +9,9 @@ from aiohttp import web
 from gateway.doors.http import json_response, read_json_body, stream_events
 from gateway.doors.sse import SSEWriter
 from gateway.errors import GatewayError, invalid
+from gateway.keys import CONFIG
 from gateway.pipeline import chat
+from gateway.pipeline.agent_format import rewrite_completion, rewrite_stream, tags_for
 from protocol.chat import parse_chat
 from protocol.openai import RequestValidationError
 
@@ -24,9 +26,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except RequestValidationError as exc:
         raise invalid(exc) from None
     call = chat.new_call(request.app, chat_request, request.headers, request["request_id"])
+    tags = tags_for(chat_request.agent_format, request.app[CONFIG].env)  # tool calls as text tags, if asked
     request["log"].update(provider=call.provider, model=call.model, stream=call.stream)
     if not call.stream:
-        result = await chat.complete(request.app, call)
+        result = rewrite_completion(await chat.complete(request.app, call), tags)
         return json_response(result, headers=chat.notices_header(call))
 
     async def send(writer: SSEWriter, chunk: dict[str, Any]) -> None:
@@ -42,7 +45,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     return await stream_events(
         request,
-        chat.stream(request.app, call),
+        rewrite_stream(chat.stream(request.app, call), tags),
         send,
         headers_after_first=lambda: chat.notices_header(call),
         on_error=on_error,

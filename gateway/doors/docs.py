@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.doors.http import json_response
 from protocol import openai as types
+from protocol.anthropic import CountTokensRequest, MessagesRequest
 from protocol.responses import ResponsesRequest
 
 routes = web.RouteTableDef()
@@ -25,6 +26,10 @@ OPERATIONS: list[tuple[str, str, str, str | None, str]] = [
     ("post", "/v1/responses", "Create a model response (OpenAI Responses API)", "ResponsesRequest", "responses"),
     ("get", "/v1/responses/{response_id}", "Retrieve a stored response", None, "responses"),
     ("delete", "/v1/responses/{response_id}", "Delete a stored response", None, "responses"),
+    ("post", "/v1/messages", "Create a message (Anthropic Messages API; errors in Anthropic's shape)", "MessagesRequest",
+     "messages"),
+    ("post", "/v1/messages/count_tokens", "Count a message's input tokens (x-acore-token-count says how)",
+     "CountTokensRequest", "messages"),
     ("post", "/v1/embeddings", "Create embeddings", "EmbeddingsRequest", "embeddings"),
     ("get", "/v1/models", "List models of every provider (?provider=, ?type=)", None, "models"),
     ("get", "/providers", "Providers and their probed state", None, "models"),
@@ -41,7 +46,7 @@ def assets_dir() -> Path:
 
 def build_openapi() -> dict[str, Any]:
     request_types = [types.ChatCompletionRequest, types.EmbeddingsRequest, ResponsesRequest, types.ErrorResponse,
-                     types.ModelList]
+                     types.ModelList, MessagesRequest, CountTokensRequest]
     _, components = msgspec.json.schema_components(request_types, ref_template="#/components/schemas/{name}")
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     error_response = {"description": "OpenAI error object", "content": {"application/json": {"schema": error_ref}}}

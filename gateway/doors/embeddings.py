@@ -7,6 +7,7 @@ base64 of little-endian float32.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -20,7 +21,9 @@ from gateway.keys import CONFIG, PROVIDERS
 from gateway.ops.stats import current, note_upstream_error
 from gateway.pipeline.base_url import check_client_base_url
 from gateway.pipeline.chat import provider_key_from
+from gateway.pipeline.routing import ROUTER, RoutedRun
 from gateway.providers.base import EmbedCall, EmbedResult
+from gateway.providers.registry import Target
 from protocol.openai import EmbeddingsRequest
 
 routes = web.RouteTableDef()
@@ -89,11 +92,57 @@ async def embeddings(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     texts, token_ids = _inputs(parsed, config.limits.max_embedding_inputs)
     registry = request.app[PROVIDERS]
-    provider_name, model, requested = registry.resolve(parsed.model)
-    provider = registry.provider_for(provider_name)
     count = len(token_ids) if token_ids is not None else len(texts)
-    request["log"].update(provider=provider_name, model=model, inputs=count)
+    requested = parsed.model or ""
+    plan = request.app[ROUTER].plan(config, parsed.model, None)
+    if plan is None:
+        target = registry.resolve(parsed.model)
+        request["log"].update(provider=target.provider, model=target.model, inputs=count)
+        requested = target.requested
+        result, vectors = await _embed(request, parsed, target, texts, token_ids, None)
+    else:  # an alias: its targets in turn until one answers
+        request["log"].update(inputs=count)
+        run = RoutedRun(request.app, plan)
+        while (spec := await run.next_target()) is not None:
+            target = registry.resolve(spec.model)
+            try:
+                async with asyncio.timeout(run.attempt_timeout()):
+                    result, vectors = await _embed(request, parsed, target._replace(requested=requested), texts,
+                                                   token_ids, spec.base_url)
+            except (GatewayError, TimeoutError) as exc:
+                run.failed(exc)
+                continue
+            except BaseException:
+                run.done()
+                raise
+            run.answered()
+            run.done()
+            request["log"].update(provider=target.provider, model=target.model)
+            break
+        else:
+            raise run.exhausted()
+    vectors = _truncate(vectors, parsed.dimensions)
+    tokens = int(result.prompt_tokens)
+    stats = current()
+    if stats is not None:
+        stats.input_tokens, stats.embed_inputs = tokens, count
+    payload = {
+        "object": "list",
+        "data": _embedding_items(vectors, parsed.encoding_format or "float"),
+        "model": requested,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return web.Response(body=orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
 
+
+async def _embed(request: web.Request, parsed: EmbeddingsRequest, target: Target, texts: list[str],
+                 token_ids: list[list[int]] | None, operator_base_url: str | None) -> tuple[EmbedResult, np.ndarray]:
+    """One provider's embeddings, checked: one finite vector per input. ``operator_base_url``: a group
+    target's own URL (the operator's, trusted like a configured one)."""
+    config = request.app[CONFIG]
+    provider_name, model, requested = target
+    provider = request.app[PROVIDERS].provider_for(provider_name)
+    count = len(token_ids) if token_ids is not None else len(texts)
     if not provider.capabilities.embeddings:
         raise bad_request(f"The model '{requested}' does not support embeddings.", param="model",
                           code="embeddings_not_supported")
@@ -102,8 +151,8 @@ async def embeddings(request: web.Request) -> web.Response:
                           "(token-id arrays are passed through only to OpenAI-compatible providers).",
                           param="input")
     api_key = provider_key_from(request.headers, parsed.api_key)
-    base_url, trusted = None, False
-    if parsed.base_url:
+    base_url, trusted = operator_base_url, operator_base_url is not None
+    if parsed.base_url and operator_base_url is None:
         checked = check_client_base_url(config, provider_name, provider.capabilities, parsed.base_url, api_key)
         base_url, trusted = checked.url, checked.trusted
     call = EmbedCall(
@@ -130,18 +179,7 @@ async def embeddings(request: web.Request) -> web.Response:
                                 f"embeddings for {count} inputs.", type="server_error")
     if not np.isfinite(vectors).all():
         raise GatewayError(502, f"Provider {provider_name} returned non-finite embedding values.", type="server_error")
-    vectors = _truncate(vectors, parsed.dimensions)
-    tokens = int(result.prompt_tokens)
-    stats = current()
-    if stats is not None:
-        stats.input_tokens, stats.embed_inputs = tokens, count
-    payload = {
-        "object": "list",
-        "data": _embedding_items(vectors, parsed.encoding_format or "float"),
-        "model": requested,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
-    return web.Response(body=orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
+    return result, vectors
 
 
 def setup(app: web.Application) -> None:

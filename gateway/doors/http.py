@@ -13,18 +13,26 @@ from aiohttp import web
 from gateway.doors.sse import SSEWriter
 from gateway.errors import GatewayError, bad_request, invalid
 from gateway.keys import CONFIG, STREAMS
+from gateway.ops.limits import read_body
 from gateway.ops.logs import server_timing
 from gateway.ops.stats import OBSERVER, current
 from protocol.openai import RequestValidationError, validate
 
 _JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "application/octet-stream", "text/plain")
-BODY_READ_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 
-async def read_json_body(request: web.Request) -> dict[str, Any]:
-    """Decode the body as a JSON object, with size, time and content-type checks."""
-    limit = request.app[CONFIG].limits.max_body_bytes
+# Request key: the body's bytes as they came, for a door that passes them on unchanged (``keep_raw``).
+RAW_BODY = "acore_raw_body"
+
+
+async def read_json_body(request: web.Request, *, keep_raw: bool = False) -> dict[str, Any]:
+    """Decode the body as a JSON object, with size, time and content-type checks.
+
+    The raw body is one buffer (ops/limits.read_body), dropped once decoded: the request holds one
+    copy of its body, the decoded one."""
+    limits = request.app[CONFIG].limits
+    limit = limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(413, f"Request body too large: {request.content_length} bytes (limit {limit}).",
                            code="request_too_large")
@@ -32,20 +40,20 @@ async def read_json_body(request: web.Request) -> dict[str, Any]:
     # curl -d sends x-www-form-urlencoded; accept any body that is JSON, refuse multipart forms.
     if content_type and not (content_type in _JSON_TYPES or content_type.endswith("+json")):
         raise bad_request(f"Unsupported Content-Type {content_type!r}: send application/json.")
-    try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):  # no extra task per request, unlike wait_for
-            raw = await request.read()
-    except TimeoutError:
-        raise GatewayError(408, "Timed out reading the request body.", code="request_timeout") from None
+    raw = await read_body(request, limit, limits.body_timeout_s)
+    if keep_raw:
+        request[RAW_BODY] = bytes(raw)
     stats = current()
     if stats is not None and stats.capture is not None:  # debug logs: the payload as it arrived
-        request.app[OBSERVER].payload(request, raw, stats)
+        request.app[OBSERVER].payload(request, bytes(raw), stats)
     if not raw:
         raise bad_request("The request body is empty: send a JSON object.")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise bad_request(f"The request body is not valid JSON: {exc.msg}.") from None
+    finally:
+        del raw
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     return body

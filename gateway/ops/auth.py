@@ -1,4 +1,4 @@
-"""Gateway authentication: a bearer key on every route but /health when one is configured.
+"""Gateway authentication: a key (Bearer or x-api-key) on every route but /health when one is configured.
 
 /metrics also takes ACORE_METRICS_KEY, and needs it when no gateway key is set."""
 
@@ -25,15 +25,19 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     if keys and request.path not in OPEN_PATHS and request.method != "OPTIONS":
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        token = token.strip()
+        tokens = [token.strip()] if scheme.lower() == "bearer" else []
+        # Anthropic's clients (Claude Code, the SDKs) send their key as x-api-key: the same gateway key.
+        if "x-api-key" in request.headers:
+            tokens.append(request.headers["x-api-key"].strip())
         # compare_digest against every configured key, without stopping early
         valid = False
-        for key in keys:
-            valid |= hmac.compare_digest(token.encode(), key.encode())
-        if scheme.lower() != "bearer" or not valid:
+        for candidate in tokens:
+            for key in keys:
+                valid |= hmac.compare_digest(candidate.encode(), key.encode())
+        if not valid:
             raise GatewayError(
                 401,
-                "Invalid or missing gateway API key: send Authorization: Bearer <ACORE_API_KEY>.",
+                "Invalid or missing gateway API key: send Authorization: Bearer <ACORE_API_KEY> (or x-api-key).",
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )

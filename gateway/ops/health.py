@@ -38,7 +38,9 @@ async def health(request: web.Request) -> web.Response:
     if request.app.get(SINGLE_MODEL) and info["models"]:
         model = info["models"][0]
         if model["state"] == "loading":
-            return json_response({"status": "loading", "model": model["model"]}, status=503)
+            loading = {"status": "loading", "model": model["model"]}
+            loading.update({k: model[k] for k in ("phase", "progress") if k in model})  # a download's progress
+            return json_response(loading, status=503)
         if model["state"] == "failed":
             return json_response({"status": "error", "model": model["model"], "error": model.get("error", "")},
                                  status=503)

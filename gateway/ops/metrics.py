@@ -225,15 +225,28 @@ class LiveCollector(Collector):
                                   value=state.log_dropped)
         if state.in_flight is not None:
             yield GaugeMetricFamily("acore_in_flight_requests", "Requests being handled.", value=state.in_flight)
+        if state.groups:
+            circuit = GaugeMetricFamily("acore_route_circuit_open", "1 while a group target's circuit breaker "
+                                        "is open (skipped), 0.5 while half-open (one probe may go).",
+                                        labels=["group", "target"])
+            failures = GaugeMetricFamily("acore_route_consecutive_failures", "A group target's failures since "
+                                         "its last success.", labels=["group", "target"])
+            for group in state.groups:
+                for target in group["targets"]:
+                    values = [group["name"], target["target"]]
+                    circuit.add_metric(values, {"open": 1.0, "half-open": 0.5}.get(target["circuit"], 0.0))
+                    failures.add_metric(values, float(target["consecutive_failures"]))
+            yield from (circuit, failures)
 
 
 class LiveState:
     """What LiveCollector shows; made by the observer at each scrape."""
 
-    __slots__ = ("dropped_frames", "in_flight", "log_dropped", "restarts", "workers")
+    __slots__ = ("dropped_frames", "groups", "in_flight", "log_dropped", "restarts", "workers")
 
     def __init__(self, workers: list[Any], restarts: int | None, dropped_frames: int, log_dropped: int,
-                 in_flight: int | None) -> None:
+                 in_flight: int | None, groups: list[dict[str, Any]] | None = None) -> None:
+        self.groups = groups or []  # Router.view(): each alias's targets and their circuits
         self.workers = workers
         self.restarts = restarts
         self.dropped_frames = dropped_frames

@@ -32,6 +32,7 @@ from gateway.ops.metrics import CONTENT_TYPE, LiveCollector, LiveState, RequestM
 from gateway.ops.redact import RedactingTextFormatter, Redactor, text_line
 from gateway.ops.stats import OBSERVER, RequestStats
 from gateway.ops.writer import FileSink, LogWriter, Sink, StreamSink
+from gateway.pipeline.routing import ROUTER
 from gateway.pool import POOL
 
 log = logging.getLogger("acore.gateway")
@@ -164,6 +165,8 @@ class Observer:
             self.config = config
             self.redactor.add_secrets(known_secrets(config))
         log_fields: dict[str, Any] = request.get("log") or {}
+        if stats.served_by is not None:  # an alias or fallback list: the target that answered is counted
+            log_fields = {**log_fields, "provider": stats.served_by[0], "model": stats.served_by[1]}
         metrics = self.metrics
         if metrics is not None:
             if metrics.in_flight_gauge is not None:
@@ -194,7 +197,12 @@ class Observer:
             workers = list(state.pool.scheduler.workers.values())
             restarts = state.restarts()
             dropped = state.pool.dropped_frames
-        return LiveState(workers, restarts, dropped, self.writer.dropped, None if self.multiprocess else self.in_flight)
+        groups: list[dict[str, Any]] = []
+        router = self.app.get(ROUTER) if self.app is not None else None
+        if router is not None and self.app is not None and self.app[CONFIG].models:
+            groups = router.view(self.app[CONFIG].models)
+        return LiveState(workers, restarts, dropped, self.writer.dropped, None if self.multiprocess else self.in_flight,
+                         groups)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

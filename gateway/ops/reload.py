@@ -2,7 +2,7 @@
 
 What can change while serving changes at once: providers (URLs, keys), the gateway keys, the
 base_url allowlist, default provider and model, worker keys written in the config file (the
-authorized/ directory is re-read anyway) and, once they exist, model aliases. What is bound at
+authorized/ directory is re-read anyway) and model aliases and groups. What is bound at
 start (host, port, processes, the worker socket, the supervised workers, limits, media roots)
 keeps its value, and the log says which of those the new file would change.
 """
@@ -37,6 +37,7 @@ def reload_config(app: web.Application) -> bool:
     old = app[CONFIG]
     try:
         new = build()
+        app[PROVIDERS].check_groups(new)
         inline = [parse_public(text) for text in new.authorized_worker_keys]
     except (ConfigError, KeyFileError) as exc:
         log.error("SIGHUP: the configuration was not reloaded, the old one stays: %s", exc)

@@ -71,7 +71,7 @@ class RequestStats:
     """Filled while a request runs; read once when it ends. Times are ``time.perf_counter()`` values."""
 
     __slots__ = ("cached_tokens", "capture", "embed_inputs", "error_kind", "first_token", "input_tokens",
-                 "output_tokens", "retries", "started", "upstream_s")
+                 "output_tokens", "retries", "served_by", "started", "upstream_s")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -84,6 +84,7 @@ class RequestStats:
         self.error_kind: str | None = None  # the upstream's or worker's failure, if any (error_kind())
         self.embed_inputs = 0  # inputs of an embeddings request
         self.capture: Capture | None = None  # debug mode: the verbatim log's material
+        self.served_by: tuple[str, str] | None = None  # (provider, model) that answered an alias or fallback list
 
     def set_usage(self, usage: Any) -> None:
         """Take an OpenAI (prompt/completion_tokens) or Responses (input/output_tokens) usage object.

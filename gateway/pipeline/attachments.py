@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.errors import from_media
 from gateway.keys import CONFIG
+from gateway.ops.limits import charge
 from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.base import ChatCall
 from media.attachments import needs_work, resolve_messages
@@ -51,7 +52,7 @@ class AttachmentHook:
             return  # fast path: plain text, no '@' to resolve
         try:
             call.request.messages = await resolve_messages(messages, runtime.policy, runtime.fetcher,
-                                                           runtime.executor)
+                                                           runtime.executor, charge)
         except MediaError as exc:
             raise from_media(exc) from None
 

@@ -4,9 +4,13 @@ LiteLLM's CVE-2024-6587 came from honouring a client ``api_base`` with the
 operator's key. Rules here:
   (a) the server's key goes only to the provider's configured URL or to a URL on
       ACORE_BASE_URL_ALLOWLIST (``call.base_url_trusted``);
-  (b) without the allowlist only loopback URLs are accepted; link-local,
-      metadata and unspecified addresses are refused always, in every spelling
-      (decimal, octal, hex, IPv4-mapped IPv6);
+  (b) without the allowlist only loopback URLs are accepted, and only while the
+      gateway serves one local user: it listens on loopback only and has no
+      gateway key (conventions.md). A shared gateway (another listen address, or
+      a key) refuses every loopback spelling with 403, else a client could reach
+      any service on the gateway's host. Link-local, metadata and unspecified
+      addresses are refused always, in every spelling (decimal, octal, hex,
+      IPv4-mapped IPv6);
   (c) redirects are never followed (``open_upstream``).
 The URL handed to the provider is rebuilt from the validated parts, so the
 connection goes to exactly the address that was checked (no parser differential).
@@ -24,7 +28,14 @@ from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.base import Capabilities, ChatCall
-from media.netpolicy import METADATA_NAMES, Address, always_refused, host_address
+from media.netpolicy import (
+    METADATA_NAMES,
+    Address,
+    always_refused,
+    host_address,
+    is_loopback_host,
+    listens_on_loopback_only,
+)
 
 SETTING = "ACORE_BASE_URL_ALLOWLIST"
 
@@ -86,11 +97,22 @@ def check_base_url(config: GatewayConfig, raw: str) -> CheckedURL:
         raise refused(f"base_url host {host} is a link-local, metadata or unspecified address and is always "
                       f"refused (even with {SETTING}).")
     trusted = _allowlisted(url, config.base_url_allowlist)
-    loopback = (address is not None and address.is_loopback) or host == "localhost" or host.endswith(".localhost")
-    if not trusted and not loopback:
+    if trusted:
+        return CheckedURL(str(url), trusted)
+    if not is_loopback_host(host):
         raise refused(f"base_url {url} is not allowed: only loopback URLs are accepted unless the operator lists "
                       f"the URL in {SETTING}.")
+    if not single_local_user(config):
+        why = "has a gateway key" if config.auth_keys else f"listens on {config.host}, not on loopback only"
+        raise refused(f"base_url {url} is a loopback address and this gateway {why}: loopback URLs reach the "
+                      f"gateway's own host, so they are refused unless the operator lists the URL in {SETTING}.")
     return CheckedURL(str(url), trusted)
+
+
+def single_local_user(config: GatewayConfig) -> bool:
+    """One local user: the gateway listens on loopback only and has no gateway key. Only then may a
+    client base_url point at loopback without the operator's allowlist."""
+    return listens_on_loopback_only(config.host) and not config.auth_keys
 
 
 def check_client_base_url(config: GatewayConfig, provider: str, capabilities: Capabilities, raw: str,
@@ -108,7 +130,7 @@ def check_client_base_url(config: GatewayConfig, provider: str, capabilities: Ca
 
 class BaseURLPolicyHook:
     async def before(self, app: web.Application, call: ChatCall) -> None:
-        if not call.base_url:
+        if not call.base_url or call.base_url_trusted:  # trusted already: a [models] target's own URL
             return
         provider = app[PROVIDERS].provider_for(call.provider)
         checked = check_client_base_url(app[CONFIG], call.provider, provider.capabilities, call.base_url,

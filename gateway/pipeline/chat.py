@@ -8,18 +8,23 @@ ChatCall; ``complete`` and ``stream`` run it on the provider inside the hook bra
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import CONFIG, PROVIDERS
 from gateway.ops.stats import current, note_upstream_error
+from gateway.pipeline.groups import GroupTarget
 from gateway.pipeline.hooks import HooksAround
+from gateway.pipeline.routing import REQUEST_LIST, ROUTER, RoutedRun
 from gateway.providers.base import ChatCall
 from gateway.providers.registry import Target
 from protocol.chat import ChatRequest
@@ -48,9 +53,22 @@ def check_limits(config: GatewayConfig, request: ChatRequest) -> None:
 
 def new_call(app: web.Application, request: ChatRequest, headers: Mapping[str, str], request_id: str,
              target: Target | None = None) -> ChatCall:
-    """The ChatCall for a canonical request (no I/O); ``target`` when the door already resolved the model."""
+    """The ChatCall for a canonical request (no I/O); ``target`` when the door already resolved the model.
+
+    An alias or a request ``models`` list gives the call a plan (pipeline/routing.py): its targets
+    are tried in turn by ``complete`` and ``stream``; the call's provider is the first of them."""
     check_limits(app[CONFIG], request)
-    provider, model, requested = target or app[PROVIDERS].resolve(request.model)
+    plan = app[ROUTER].plan(app[CONFIG], request.model, request.models)
+    registry = app[PROVIDERS]
+    if plan is not None:
+        if not plan.targets:
+            raise bad_request("models lists no model.", param="models")
+        if plan.name == REQUEST_LIST:  # an unknown provider in the request's own list is the client's error
+            for spec in plan.targets:  # (a [models] group's were checked at start)
+                registry.resolve(spec.model)
+        first = registry.resolve(plan.targets[0].model)
+        target = Target(first.provider, first.model, request.model or plan.targets[0].model)
+    provider, model, requested = target or registry.resolve(request.model)
     if log.isEnabledFor(logging.DEBUG):  # the seed's "Chat Completion Request" event (debug logs only)
         log.debug("chat completion request", extra={"fields": {
             "request_id": request_id, "provider": provider, "model": model, "messages": len(request.messages),
@@ -63,11 +81,56 @@ def new_call(app: web.Application, request: ChatRequest, headers: Mapping[str, s
         request=request,
         api_key=provider_key_from(headers, request.api_key),
         base_url=request.base_url or None,
+        plan=plan,
     )
+
+
+def _attempt_call(app: web.Application, call: ChatCall, spec: GroupTarget) -> ChatCall:
+    """The call for one target of a plan: its provider and model, its base_url (the operator's, so
+    trusted like a configured one) and its parameter caps; notices shared with the client's call."""
+    target = app[PROVIDERS].resolve(spec.model)
+    request = call.request
+    if spec.max_tokens is not None and (request.token_limit is None or request.token_limit > spec.max_tokens):
+        field_name = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+        request = msgspec.structs.replace(request, **{field_name: spec.max_tokens})
+    base_url, trusted = (spec.base_url, True) if spec.base_url else (call.base_url, False)
+    return dataclasses.replace(call, provider=target.provider, model=target.model, request=request,
+                               base_url=base_url, base_url_trusted=trusted, plan=None, usage=None)
+
+
+def _served(call: ChatCall, attempt: ChatCall) -> None:
+    """The client's call takes what the serving target's call learnt."""
+    call.provider, call.model, call.usage = attempt.provider, attempt.model, attempt.usage
+    call.served_by = f"{attempt.provider}/{attempt.model}"
+    stats = current()
+    if stats is not None:
+        stats.served_by = (attempt.provider, attempt.model)
 
 
 async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
     """Run a non-streaming chat; the answer's ``model`` is what the client asked for."""
+    if call.plan is None:
+        return await _complete_one(app, call)
+    run = RoutedRun(app, call.plan)
+    while (spec := await run.next_target()) is not None:
+        attempt = _attempt_call(app, call, spec)
+        try:
+            async with asyncio.timeout(run.attempt_timeout()):
+                result = await _complete_one(app, attempt)
+        except (GatewayError, TimeoutError) as exc:
+            run.failed(exc)  # re-raises what the next target would share
+            continue
+        except BaseException:
+            run.done()
+            raise
+        run.answered()
+        run.done()
+        _served(call, attempt)
+        return result
+    raise run.exhausted()
+
+
+async def _complete_one(app: web.Application, call: ChatCall) -> dict[str, Any]:
     provider = app[PROVIDERS].provider_for(call.provider)
     stats = current()
     async with HooksAround(app, call):
@@ -86,8 +149,52 @@ async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
     return result
 
 
-async def stream(app: web.Application, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+def stream(app: web.Application, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
     """Chunks as the provider produces them, ``model`` rewritten to what the client asked for.
+
+    With a plan, each target in turn until one sends its first chunk; after that byte no other.
+    (A plain function: the common, planless stream gets no extra generator layer per chunk.)"""
+    return _stream_one(app, call) if call.plan is None else _stream_routed(app, call)
+
+
+async def _stream_routed(app: web.Application, call: ChatCall) -> AsyncGenerator[dict[str, Any], None]:
+    assert call.plan is not None
+    run = RoutedRun(app, call.plan)
+    while (spec := await run.next_target()) is not None:
+        attempt = _attempt_call(app, call, spec)
+        chunks = _stream_one(app, attempt)
+        try:
+            async with asyncio.timeout(run.attempt_timeout()):
+                first = await anext(chunks)
+        except StopAsyncIteration:
+            run.answered()
+            run.done()
+            _served(call, attempt)
+            return
+        except (GatewayError, TimeoutError) as exc:
+            await chunks.aclose()
+            run.failed(exc)
+            continue
+        except BaseException:
+            await chunks.aclose()
+            run.done()
+            raise
+        run.answered()
+        _served(call, attempt)
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+            call.usage = attempt.usage
+            run.done()
+        return
+    raise run.exhausted()
+
+
+async def _stream_one(app: web.Application, call: ChatCall) -> AsyncGenerator[dict[str, Any], None]:
+    """One provider's stream, inside the hook bracket.
 
     With a request's RequestStats current, it also notes when the first token went out and the
     usage (from a usage chunk, else what the provider reported on the call: translating providers
@@ -147,6 +254,8 @@ def _verbatim_request(call: ChatCall) -> dict[str, Any]:
 
 
 def notices_header(call: ChatCall) -> dict[str, str]:
-    if not call.notices:
-        return {}
-    return {"x-acore-notice": "; ".join(n.replace("\n", " ") for n in call.notices)[:2000]}
+    """The headers the pipeline adds to an answer: the target that served it, and notices."""
+    headers = {"x-acore-served-by": call.served_by or f"{call.provider}/{call.model}"}
+    if call.notices:
+        headers["x-acore-notice"] = "; ".join(n.replace("\n", " ") for n in call.notices)[:2000]
+    return headers

@@ -28,7 +28,7 @@ from gateway.pool.auth import WorkerAuth
 from gateway.pool.board import FailureBoard, board_path
 from gateway.pool.client import WorkerPool, check_bind
 from gateway.pool.defaults import default_worker_specs
-from gateway.pool.provider import LocalProvider
+from gateway.pool.provider import LocalProvider, progress
 from gateway.pool.supervisor import Supervisor
 from protocol.curve import KeyFileError, parse_public
 from protocol.endpoints import default_worker_endpoint, front_endpoint, runtime_dir
@@ -161,6 +161,9 @@ def health(app: web.Application) -> dict[str, Any]:
                                  "workers": len(alive)}
         if failed and not alive:
             entry["error"] = failed
+        announced = [m for m, _ in state.pool.loading.values() if m.model == name] if not alive else []
+        if announced:  # its worker is downloading or loading the model: say which, and how far
+            entry["phase"], entry["progress"] = announced[-1].state, progress(announced[-1])
         models.append(entry)
     return {"ready": all(m["state"] == "ready" for m in models), "models": models,
             "workers_alive": sum(1 for w in workers if w.alive)}

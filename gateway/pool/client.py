@@ -27,7 +27,7 @@ from gateway.pool.lease import Lease, Reply
 from gateway.pool.scheduler import RequestInfo, Scheduler, WorkerState
 from protocol.codec import MAX_MESSAGE_BYTES, MalformedFrame, encode, gateway_side_decoder
 from protocol.curve import key_id
-from protocol.endpoints import is_loopback_tcp
+from protocol.endpoints import ipc_in_use, ipc_path, is_loopback_tcp, remove_ipc
 from protocol.local import HEARTBEAT_INTERVAL_S, HEARTBEAT_TIMEOUT_S
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -39,6 +39,8 @@ from protocol.messages import (
     Fronts,
     Goodbye,
     Heartbeat,
+    Loading,
+    MediaChunk,
     Probe,
     Ready,
 )
@@ -69,6 +71,19 @@ def check_bind(endpoint: str, curve: bool = False) -> None:
         raise ConfigError(f"worker bind {endpoint!r} must be a tcp:// or ipc:// endpoint")
 
 
+def claim_ipc(endpoint: str) -> None:
+    """Before binding an ipc:// socket: a live gateway's socket is refused (binding would silently take it
+    over), a file a crashed run left behind is removed."""
+    path = ipc_path(endpoint)
+    if path is None or not path.exists():
+        return
+    if ipc_in_use(path):
+        raise ConfigError(f"another gateway serves workers on {endpoint}: stop it, or use another --port or "
+                          "--worker-bind")
+    path.unlink(missing_ok=True)
+    log.info("removed the worker socket %s left behind by a gateway that did not stop", path)
+
+
 def worker_dead(worker: WorkerState, reason: str) -> GatewayError:
     return GatewayError(502, f"The worker {worker.id} serving {worker.ready.model} went away ({reason}).",
                         type="server_error", code=ErrorCode.WORKER_DEAD)
@@ -94,18 +109,24 @@ class WorkerPool:
         self._drain_scheduled = False
         self._fd = -1
         self._beats: dict[int, float] = {}  # heartbeat number -> when it was sent (for round-trip times)
+        # Workers that announced a download or load but no Ready yet: identity -> (last Loading, when).
+        self.loading: dict[bytes, tuple[Loading, float]] = {}
         self._seq = 0
 
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
         check_bind(self.endpoint, curve=self.auth is not None)
+        claim_ipc(self.endpoint)
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A message to a worker whose connection is down this moment (it is redialling) raises instead of
+        # vanishing: ``send`` then waits for the connection to come back rather than lose the request.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self.endpoint.startswith("tcp://"):
             sock.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
@@ -142,6 +163,7 @@ class WorkerPool:
             await self.auth.stop()
         if self._sock is not None:
             self._sock.close(linger=0)
+            remove_ipc(self.endpoint)  # the socket file, and its directory when nothing else is left there
         if self._ctx is not None:
             self._ctx.term()
 
@@ -154,19 +176,33 @@ class WorkerPool:
         return lease
 
     async def send(self, worker: WorkerState, message: AnyMessage, *binary: bytes | memoryview) -> None:
-        self._send([worker.identity, *encode(message, *binary)])
+        frames = [worker.identity, *encode(message, *binary)]
+        deadline = time.monotonic() + HEARTBEAT_TIMEOUT_S
+        while not self._send(frames):
+            # Not connected right now: a worker redials within its backoff (a dropped link, a CURVE
+            # handshake still under way), or its heartbeats stop and it is declared dead.
+            if not worker.alive or time.monotonic() > deadline:
+                raise worker_dead(worker, "its connection did not come back")
+            await asyncio.sleep(0.02)
 
-    def _send(self, frames: list[Any]) -> None:
+    def _send(self, frames: list[Any]) -> bool:
+        """Send without blocking; False when the peer is not connected this moment (nothing was sent)."""
         sock = self._sock
         if sock is None:
             raise GatewayError(503, "The worker pool is not running.", type="server_error")
+        delivered = True
         try:
             sock.send_multipart(frames, flags=_NOBLOCK, copy=False)
         except zmq.Again:
             pass  # the peer's queue is full (it stopped reading): its heartbeats will say it is gone
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            delivered = False
         # A send can consume the socket's readable edge: look for waiting messages ourselves.
         if sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
             self._schedule_drain()
+        return delivered
 
     def live_workers(self) -> list[WorkerState]:
         return [w for w in self.scheduler.workers.values() if w.alive]
@@ -231,7 +267,7 @@ class WorkerPool:
                         str(exc)[:200])
             return
         worker = self.scheduler.workers.get(identity)
-        if isinstance(message, Chunk | Final | Error):
+        if isinstance(message, Chunk | Final | Error | MediaChunk):
             if worker is not None and worker.alive:
                 worker.last_seen = time.monotonic()
                 lease = self.leases.get(message.request_id)
@@ -244,6 +280,9 @@ class WorkerPool:
         elif isinstance(message, Goodbye):
             if worker is not None and worker.alive:
                 self.mark_dead(worker, "it stopped")
+            return
+        elif isinstance(message, Loading):  # not a worker yet: downloading or loading its model
+            self.loading[identity] = (message, time.monotonic())
             return
         if worker is None or not worker.alive:
             # A worker we do not know (we restarted, or declared it dead): ask it to announce itself.
@@ -264,6 +303,7 @@ class WorkerPool:
             log.warning("worker %s speaks protocol %d, not %d: ignored", ready.worker_id, ready.protocol_version,
                         PROTOCOL_VERSION)
             return
+        self.loading.pop(identity, None)
         known = self.scheduler.workers.get(identity)
         if known is not None and known.alive:
             known.ready = ready  # re-announce (answer to a Probe): keep its requests
@@ -308,6 +348,9 @@ class WorkerPool:
                 except (zmq.ZMQError, GatewayError):
                     pass
             self.scheduler.prune()
+            for identity, (_, seen) in list(self.loading.items()):
+                if now - seen > HEARTBEAT_TIMEOUT_S:  # it failed or was stopped before its Ready
+                    del self.loading[identity]
 
     async def _watchdog(self) -> None:
         """Idle limits of waiting requests, checked here rather than with a timer per token."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from gateway.config import GatewayConfig
@@ -18,6 +19,7 @@ from gateway.errors import GatewayError, bad_request
 from gateway.ops.stats import current, note_retry
 from gateway.pool.client import WorkerPool
 from gateway.pool.lease import Lease, Reply
+from gateway.pool.media import local_media
 from gateway.pool.scheduler import RequestInfo, WorkerState
 from gateway.providers.base import (
     Capabilities,
@@ -31,13 +33,31 @@ from gateway.providers.base import (
     Unload,
 )
 from gateway.providers.collect import complete_from_stream
+from gateway.providers.media import MediaCall, MediaReply
 from protocol.codec import MalformedFrame, frame_to_vectors
 from protocol.local import listed_under
-from protocol.messages import Chunk, Embed, ErrorCode, Final, Generate, Usage
+from protocol.messages import Capabilities as WorkerCapabilities
+from protocol.messages import Chunk, Embed, ErrorCode, Final, Generate, Loading, Tokenize, Usage
 from protocol.messages import Unload as UnloadMessage
 
 # How often a request whose worker died before answering is sent to another worker.
 MAX_FAILOVERS = 2
+# The type a configured model is listed with before its worker said what it does (Ready).
+ENGINE_TYPES = {"sentence-transformers": ModelType.EMBEDDING, "whisper": ModelType.AUDIO_TRANSCRIPTION,
+                "tts": ModelType.AUDIO_SPEECH, "diffusers": ModelType.IMAGE_GENERATION}
+
+
+def model_type(caps: WorkerCapabilities) -> ModelType:
+    """What /v1/models lists a worker's model as, by what its Ready says it does."""
+    if caps.chat:
+        return ModelType.TEXT
+    if caps.transcription:
+        return ModelType.AUDIO_TRANSCRIPTION
+    if caps.speech:
+        return ModelType.AUDIO_SPEECH
+    if caps.image_generation:
+        return ModelType.IMAGE_GENERATION
+    return ModelType.EMBEDDING if caps.embeddings else ModelType.TEXT
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
@@ -47,6 +67,17 @@ def usage_json(usage: Usage) -> dict[str, Any]:
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
+
+
+def progress(message: Loading) -> dict[str, Any]:
+    """A download's progress as /providers and /v1/models show it (bytes, percent, rate)."""
+    out: dict[str, Any] = {"done_bytes": message.done_bytes, "total_bytes": message.total_bytes,
+                           "rate_bytes_per_s": round(message.rate_bytes_per_s)}
+    if message.total_bytes:
+        out["percent"] = round(100 * message.done_bytes / message.total_bytes, 1)
+    if message.source:
+        out["source"] = message.source
+    return out
 
 
 def _merged_delta(chunks: list[Chunk]) -> dict[str, Any]:
@@ -85,7 +116,8 @@ class LocalProvider:
     (Ready.capabilities, checked per request); the provider offers every door to them."""
 
     capabilities = Capabilities(vision=False, embeddings=True, prompt_cache=True, unload=Unload.FREE,
-                                live_status=True)
+                                live_status=True, audio_transcription=True, audio_speech=True,
+                                image_generation=True, count_tokens=True)
 
     def __init__(self, name: str, pool: WorkerPool, config: GatewayConfig) -> None:
         self.name = name
@@ -104,7 +136,8 @@ class LocalProvider:
             return  # a supervised worker is still starting; it will say if it cannot do this
         caps = workers[-1].ready.capabilities
         if want == "chat" and not caps.chat:
-            raise bad_request(f"The model '{self.name}/{model}' is an embeddings model: it cannot chat.", param="model")
+            kind = model_type(caps).value  # text-embedding, audio-speech, ...
+            raise bad_request(f"The model '{self.name}/{model}' is a {kind} model: it cannot chat.", param="model")
         if want == "embeddings" and not caps.embeddings:
             raise bad_request(f"The model '{self.name}/{model}' cannot create embeddings.", param="model")
 
@@ -186,7 +219,10 @@ class LocalProvider:
                 final = batch[-1]
                 if isinstance(final, Final):
                     call.usage = usage_json(final.usage)  # counted even when the client asked for no usage
-                    yield chunk({}, str(final.finish_reason))
+                    last = chunk({}, str(final.finish_reason))
+                    if final.stop_sequence:  # which stop string ended it, as vLLM says it
+                        last["choices"][0]["stop_reason"] = final.stop_sequence
+                    yield last
                     if with_usage:
                         yield {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                                "model": call.requested_model, "system_fingerprint": None, "choices": [],
@@ -199,6 +235,40 @@ class LocalProvider:
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         return await complete_from_stream(self._chunks(call, True))
+
+    # ------------------------------------------------------------------ media (whisper/, tts/, diffusers/)
+
+    def media(self, call: MediaCall) -> AbstractAsyncContextManager[MediaReply]:
+        return local_media(self, call)
+
+    def check_media(self, model: str, want: str, route: str) -> None:
+        """400 when the model's workers cannot do ``want`` (a Ready.capabilities field)."""
+        workers = list(self.pool.scheduler.check_known(self.name, model))
+        if workers and not getattr(workers[-1].ready.capabilities, want):
+            raise bad_request(f"The model '{self.name}/{model}' cannot serve {route}.", param="model",
+                              code="model_not_supported")
+
+    def media_request_id(self, request_id: str) -> str:
+        return self._request_id(request_id)
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self._limits.stream_idle_timeout_s
+
+    async def media_lease(self, model: str, request_id: str) -> Lease:
+        return await self._lease(model, request_id)
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """Prompt tokens with the model's own chat template and tokenizer: a Tokenize to one of its workers."""
+        self._check_capability(call.model, "chat")
+        request_id = self._request_id(call.request_id)
+        message = Tokenize(request_id=request_id, messages=call.request.messages, tools=list(call.request.tools or []))
+        async with await self._lease(call.model, request_id) as lease:
+            await lease.send(message)
+            reply = await lease.next(self._timeout(call))
+        if not isinstance(reply.message, Final):
+            raise GatewayError(502, "The worker ended the request without an answer.", type="server_error")
+        return reply.message.usage.prompt_tokens
 
     # ------------------------------------------------------------------ embeddings
 
@@ -248,7 +318,7 @@ class LocalProvider:
         infos = []
         for model, group in sorted(models.items()):
             caps = group[0].ready.capabilities
-            kind = ModelType.EMBEDDING if caps.embeddings and not caps.chat else ModelType.TEXT
+            kind = model_type(caps)
             extra: dict[str, Any] = {
                 "workers": len(group),
                 "active": sum(len(w.requests) for w in group),
@@ -259,18 +329,29 @@ class LocalProvider:
                 extra["dimensions"] = group[0].ready.embedding_dimensions
             extra["state"] = "ready"
             infos.append(ModelInfo(id=model, type=kind, owned_by="local", extra=extra))
+        # Workers downloading or loading their model (Loading, before their Ready), with its progress.
+        loading = [m for m, _ in self.pool.loading.values() if listed_under(m.provider) == self.name]
+        for message in loading:
+            if message.model not in models and all(info.id != message.model for info in infos):
+                kind = ModelType.EMBEDDING if message.provider == "sentence-transformers" else ModelType.TEXT
+                infos.append(ModelInfo(id=message.model, type=kind, owned_by="local",
+                                       extra={"workers": 0, "state": message.state, "progress": progress(message)}))
         # Configured models without a live worker yet are listed too, with what keeps them (a client
         # asking now waits in the queue while one loads; a model that cannot load fails fast).
         for engine, name in sorted(self.pool.expected_models):
-            if name in models or listed_under(engine) != self.name:
+            if name in models or listed_under(engine) != self.name or any(info.id == name for info in infos):
                 continue
             failed = self.pool.scheduler.failure(name)
             pending: dict[str, Any] = {"workers": 0, "state": "failed" if failed else "loading"}
             if failed:
                 pending["error"] = failed
-            infos.append(ModelInfo(id=name, type=ModelType.EMBEDDING if engine == "sentence-transformers"
-                                   else ModelType.TEXT, owned_by="local", extra=pending))
+            infos.append(ModelInfo(id=name, type=ENGINE_TYPES.get(engine, ModelType.TEXT), owned_by="local",
+                                   extra=pending))
         extra_status = {"workers": [w.describe() for w in workers], **self.pool.describe()}
+        if loading:
+            extra_status["loading"] = [{"id": m.worker_id, "model": m.model, "provider": m.provider, "pid": m.pid,
+                                        "host": m.host or None, "state": m.state, "progress": progress(m)}
+                                       for m in loading]
         if not workers and not infos:
             hint = f"no local worker connected; start one with: acore-worker --connect {self.pool.endpoint} ..."
             return ProviderStatus(ProviderState.NOT_CONFIGURED, (), detail=hint, extra=extra_status)

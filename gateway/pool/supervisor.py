@@ -43,6 +43,8 @@ def worker_command(spec: WorkerSpec, endpoints: list[str], keys: tuple[Path, Pat
         args += ["--n-ctx", str(spec.n_ctx)]
     if spec.prompt_cache_bytes:
         args += ["--prompt-cache-bytes", str(spec.prompt_cache_bytes)]
+    if spec.tool_parser:
+        args += ["--tool-parser", spec.tool_parser]
     return args
 
 

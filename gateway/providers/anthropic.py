@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -321,6 +322,17 @@ def map_http_error(status: int, payload: bytes, headers: Mapping[str, str]) -> G
     return None
 
 
+def passthrough_error(status: int, payload: bytes, headers: Mapping[str, str]) -> GatewayError:
+    """An upstream error for a client that speaks Anthropic: its status, type (as ``code``) and message kept."""
+    message, err_type, _param, _code = parse_error_payload(payload)
+    keep = {k: headers[k] for k in ("Retry-After", "retry-after-ms") if k in headers}
+    if err_type not in ERROR_TYPES:
+        mapped = map_http_error(status, payload, headers)
+        err_type = mapped.code if mapped is not None and mapped.code in ERROR_TYPES else None
+    return GatewayError(status if 400 <= status < 600 else 502, message or f"anthropic answered HTTP {status}.",
+                        type=ERROR_TYPES.get(str(err_type), (502, "server_error"))[1], code=err_type, headers=keep)
+
+
 class _Translator:
     """Turns Messages API events into chat.completion.chunk objects, keeping per-stream state."""
 
@@ -331,6 +343,7 @@ class _Translator:
         self.usage: dict[str, Any] = {}
         self.tool_index: dict[int, int] = {}  # content block index -> tool_calls index
         self.finish: str | None = None
+        self.stop_sequence: str | None = None
         self.stopped = False
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -378,15 +391,21 @@ class _Translator:
                 return self.chunk({"reasoning_signature": delta.get("signature", "")})
             return None  # citations_delta: nothing to send
         if kind == "message_delta":
-            reason = (event.get("delta") or {}).get("stop_reason")
+            delta = event.get("delta") or {}
+            reason = delta.get("stop_reason")
             if reason:
                 self.finish = STOP_REASONS.get(reason, "stop")
+            if isinstance(delta.get("stop_sequence"), str):
+                self.stop_sequence = delta["stop_sequence"]
             # message_delta usage counts are cumulative: later values replace earlier ones.
             self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
             return None
         if kind == "message_stop":
             self.stopped = True
-            return self.chunk({}, self.finish or "stop")
+            last = self.chunk({}, self.finish or "stop")
+            if self.stop_sequence:  # which stop string ended it, as vLLM says it
+                last["choices"][0]["stop_reason"] = self.stop_sequence
+            return last
         return None  # ping, content_block_stop and unknown future events
 
 
@@ -394,7 +413,7 @@ class AnthropicProvider:
     """``anthropic/<model>`` over the Messages API."""
 
     name = "anthropic"
-    capabilities = Capabilities(vision=True, client_base_url=True, requires_key=True)
+    capabilities = Capabilities(vision=True, client_base_url=True, requires_key=True, native_messages=True)
 
     def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
         self._session = session
@@ -434,6 +453,16 @@ class AnthropicProvider:
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         return self._chunks(call, call.include_usage)
+
+    def messages(self, call: ChatCall, body: bytes, path: str,
+                 headers: Mapping[str, str]) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The Messages door's passthrough: ``body`` goes to ``path`` byte for byte (orjson.Fragment is
+        written as it is), under the same key and URL rules as a translated call; ``headers`` are the
+        client's anthropic-version / anthropic-beta. Upstream errors keep Anthropic's type and message."""
+        upstream = resolve(self.settings, self._limits, api_key=call.api_key, base_url=call.base_url,
+                           trusted=call.base_url_trusted, timeout_s=call.timeout_s)
+        return open_call(self._session, self.name, "POST", upstream, path, json_body=orjson.Fragment(body),
+                         headers=headers, map_error=passthrough_error)
 
     async def chat(self, call: ChatCall) -> dict[str, Any]:
         return await complete_from_stream(self._chunks(call, True))

@@ -12,12 +12,15 @@ import enum
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiohttp
 import numpy as np
 
 from protocol.chat import ChatRequest
+
+if TYPE_CHECKING:
+    from gateway.pipeline.routing import Plan
 
 
 class Unload(enum.StrEnum):
@@ -42,7 +45,14 @@ class Capabilities:
     client_base_url: bool = False  # a request may name its own base_url
     requires_key: bool = False  # a client base_url then needs the client's own key
     native_responses: bool = False  # has its own /v1/responses: the Responses door passes through
+    native_messages: bool = False  # has its own Anthropic /v1/messages (and count_tokens): the Messages door passes through
+    count_tokens: bool = False  # counts a prompt's tokens with the model's own tokenizer (local workers)
     live_status: bool = False  # status changes by the second: never cache it
+    # The media routes (/v1/audio/*, /v1/images/*): served by the provider itself (gateway/providers/media.py).
+    audio_transcription: bool = False  # /v1/audio/transcriptions and /translations
+    audio_speech: bool = False  # /v1/audio/speech
+    image_generation: bool = False  # /v1/images/generations and /edits
+    audio_input: bool = False  # chat input_audio parts go to the model as they are ([audio] strategy native)
 
 
 @dataclass(slots=True)
@@ -61,6 +71,9 @@ class ChatCall:
     # The usage a translating provider computed (Anthropic, Ollama, local workers): set even when the
     # client did not ask for a usage chunk, so the access log and /metrics count a stream's tokens.
     usage: dict[str, Any] | None = None
+    # An alias, group or request ``models`` list: the targets the pipeline tries in turn (pipeline/routing.py).
+    plan: Plan | None = None
+    served_by: str | None = None  # the target that answered (x-acore-served-by)
 
     @property
     def stream(self) -> bool:
@@ -108,6 +121,9 @@ class EmbedResult:
 class ModelType(enum.StrEnum):
     TEXT = "text-generation"
     EMBEDDING = "text-embedding"
+    AUDIO_TRANSCRIPTION = "audio-transcription"
+    AUDIO_SPEECH = "audio-speech"
+    IMAGE_GENERATION = "image-generation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +177,24 @@ class Provider(Protocol):
 
     async def unload(self, model: str, base_url: str | None) -> None:
         """Ask the provider to free a model (``unload_after``); only called when it can."""
+        ...
+
+
+class MessagesProvider(Provider, Protocol):
+    """A provider with ``capabilities.native_messages``: it serves the Anthropic Messages API itself."""
+
+    def messages(self, call: ChatCall, body: bytes, path: str,
+                 headers: Mapping[str, str]) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """POST ``path`` (/v1/messages or /v1/messages/count_tokens) with ``body`` as it is; yields the
+        response once its headers arrived with a 2xx status."""
+        ...
+
+
+class TokenCounter(Provider, Protocol):
+    """A provider with ``capabilities.count_tokens``."""
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """The prompt tokens of ``call.request`` (messages and tools) with the model's own tokenizer."""
         ...
 
 

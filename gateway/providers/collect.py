@@ -13,7 +13,7 @@ from typing import Any
 
 
 class _Choice:
-    __slots__ = ("content", "finish_reason", "reasoning", "role", "signature", "tool_calls")
+    __slots__ = ("content", "finish_reason", "reasoning", "role", "signature", "stop_reason", "tool_calls")
 
     def __init__(self) -> None:
         self.role = "assistant"
@@ -22,6 +22,7 @@ class _Choice:
         self.signature: list[str] = []  # Anthropic's signed-thinking extension (reasoning_signature)
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
+        self.stop_reason: str | None = None  # the stop string that ended it, where the upstream says (vLLM)
 
     def add(self, delta: dict[str, Any]) -> None:
         if isinstance(delta.get("role"), str):
@@ -91,6 +92,8 @@ class ChunkCollector:
                 state.add(delta)
             if choice.get("finish_reason"):
                 state.finish_reason = choice["finish_reason"]
+            if isinstance(choice.get("stop_reason"), str):
+                state.stop_reason = choice["stop_reason"]
 
     def result(self) -> dict[str, Any]:
         choices = self.choices
@@ -102,7 +105,7 @@ class ChunkCollector:
             "model": head.get("model", ""),
             "choices": [
                 {"index": i, "message": choices[i].message(), "finish_reason": choices[i].finish_reason or "stop",
-                 "logprobs": None}
+                 "logprobs": None, **({"stop_reason": choices[i].stop_reason} if choices[i].stop_reason else {})}
                 for i in sorted(choices)
             ] or [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop",
                    "logprobs": None}],

@@ -1,9 +1,12 @@
 """Shared HTTP plumbing for providers: one request helper, error mapping, stream readers.
 
 Every upstream call goes through ``open_upstream``: no redirects (a redirect could
-carry a key elsewhere), bounded time to the first byte, one retry when a pooled
-keep-alive connection turns out to be stale, and upstream failures mapped to
-OpenAI errors that name the provider.
+carry a key elsewhere), bounded time to the first byte, one retry only when the
+request certainly never left (a pooled connection found closing before a byte was
+written; a POST the upstream may have read is never sent twice: double billing), and
+upstream failures mapped to OpenAI errors that name the provider. An error body from
+a client-chosen URL is shown only when it is a structured API error: anything else
+(a loopback service's error page) could carry that service's secrets to the client.
 """
 
 from __future__ import annotations
@@ -69,6 +72,45 @@ def parse_error_payload(payload: bytes) -> tuple[str | None, str | None, str | N
     return None, None, None, None
 
 
+def structured_error_only(payload: bytes) -> bytes:
+    """The payload when it is an API error object (OpenAI's ``{"error": {"message": ...}}`` or
+    Anthropic's ``{"type": "error", "error": {...}}``), else nothing: what a client-chosen URL may show."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return b""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("type"), str):
+        return payload
+    return b""
+
+
+def not_openai_compatible(provider: str, status: int, headers: Mapping[str, str]) -> GatewayError:
+    """A client-chosen URL answered an error without an API error object: its status, never its body."""
+    mapped = upstream_error(provider, status, b"", headers)
+    mapped.message = (f"The upstream at the client's base_url answered HTTP {status} without an API error object: "
+                      "it is not OpenAI-compatible (its body is not shown).")
+    mapped.args = (mapped.message,)
+    return mapped
+
+
+# Methods an upstream may receive twice without harm.
+_SAFE_TO_RESEND = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def never_sent(exc: BaseException) -> bool:
+    """aiohttp found the pooled connection closing when it went to write: no byte of this request left,
+    so sending it again cannot make the upstream see it twice."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, aiohttp.ClientConnectionResetError) and "closing transport" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def connection_error(provider: str, url: str, exc: BaseException) -> GatewayError:
     return GatewayError(
         502,
@@ -94,12 +136,19 @@ async def open_upstream(
     first_byte_timeout_s: float,
     read_timeout_s: float,
     map_error: ErrorMapper | None = None,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    client_chosen: bool = False,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """Send a request and yield the response once its headers arrived with a 2xx status."""
-    data = orjson.dumps(json_body) if json_body is not None else None
+    """Send a request and yield the response once its headers arrived with a 2xx status.
+
+    The body is ``json_body`` encoded, or ``body`` as given (bytes, so a retry sends it again) with
+    ``content_type`` (multipart uploads)."""
+    data = orjson.dumps(json_body) if json_body is not None else body
     send_headers = dict(headers)
     if data is not None:
-        send_headers["Content-Type"] = "application/json"
+        send_headers["Content-Type"] = "application/json" if json_body is not None else (
+            content_type or "application/octet-stream")
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=first_byte_timeout_s, sock_read=read_timeout_s)
     response: aiohttp.ClientResponse | None = None
     stats = current()
@@ -113,8 +162,10 @@ async def open_upstream(
                 )
             break
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            # A pooled keep-alive connection the server already closed: retry once on a fresh one.
-            if attempt == 0 and not isinstance(exc, aiohttp.ClientConnectorError):
+            # A pooled keep-alive connection the server already closed: send again on a fresh one, but
+            # only when the upstream cannot have read the first attempt (or reading it twice is harmless).
+            if (attempt == 0 and not isinstance(exc, aiohttp.ClientConnectorError)
+                    and (method.upper() in _SAFE_TO_RESEND or never_sent(exc))):
                 note_retry("stale_connection")
                 continue
             raise connection_error(provider, url, exc) from None
@@ -139,6 +190,10 @@ async def open_upstream(
                     code="upstream_redirect",
                 )
             payload = await _read_limited(response, 1 << 20)
+            if client_chosen:  # the client's base_url: only an API error object is shown
+                payload = structured_error_only(payload)
+                if not payload:
+                    raise not_openai_compatible(provider, response.status, response.headers)
             mapped = map_error(response.status, payload, response.headers) if map_error is not None else None
             raise mapped or upstream_error(provider, response.status, payload, response.headers)
         yield response
@@ -154,12 +209,14 @@ async def open_upstream(
 
 def open_call(session: aiohttp.ClientSession, provider: str, method: str, upstream: Upstream, path: str, *,
               json_body: Any = None, headers: Mapping[str, str] | None = None,
-              map_error: ErrorMapper | None = None) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+              map_error: ErrorMapper | None = None, body: bytes | None = None,
+              content_type: str | None = None) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
     """``open_upstream`` for a resolved call: its URL, headers (plus ``headers``) and timeouts."""
     return open_upstream(session, provider, method, upstream.base_url + path,
                          headers={**upstream.headers, **(headers or {})}, json_body=json_body,
                          first_byte_timeout_s=upstream.first_byte_timeout_s, read_timeout_s=upstream.read_timeout_s,
-                         map_error=map_error)
+                         map_error=map_error, body=body, content_type=content_type,
+                         client_chosen=upstream.client_chosen)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

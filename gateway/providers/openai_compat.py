@@ -30,9 +30,22 @@ from gateway.providers.base import (
     ProviderStatus,
 )
 from gateway.providers.http import fetch_listing, open_call, read_json, sse_data
+from gateway.providers.media import MediaCall, MediaReply, relay
 from gateway.providers.upstream import Auth, Upstream, UpstreamSettings, resolve
 
 _EMBEDDING_HINTS = ("embed", "embedding", "bge-", "e5-", "minilm", "nomic-embed")
+# Upstream model ids that name a media model (OpenAI's own and the usual open ones), by type.
+_MEDIA_HINTS = ((ModelType.AUDIO_TRANSCRIPTION, ("whisper", "transcribe")), (ModelType.AUDIO_SPEECH, ("tts",)),
+                (ModelType.IMAGE_GENERATION, ("dall-e", "gpt-image", "stable-diffusion", "sdxl", "flux")))
+
+
+def model_type_of(model_id: str) -> ModelType:
+    """What an upstream's model id is listed as in /v1/models (it says nothing else about itself)."""
+    lowered = model_id.lower()
+    for kind, hints in _MEDIA_HINTS:
+        if any(hint in lowered for hint in hints):
+            return kind
+    return ModelType.EMBEDDING if any(h in lowered for h in _EMBEDDING_HINTS) else ModelType.TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +57,7 @@ class Preset:
     probe_default: bool = False
     thinking: str = "none"
     responses: bool = False  # serves /v1/responses itself: the Responses door passes requests through
+    media: bool = True  # serves /v1/audio/* and /v1/images/* (and takes input_audio in chat): relayed as they are
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -102,7 +116,9 @@ class OpenAICompatibleProvider:
             auth=Auth(preset.auth), headers=preset.extra_headers)
         self.capabilities = Capabilities(vision=True, embeddings=True, embedding_token_ids=True,
                                          client_base_url=True, requires_key=preset.requires_key,
-                                         native_responses=preset.responses)
+                                         native_responses=preset.responses, audio_transcription=preset.media,
+                                         audio_speech=preset.media, image_generation=preset.media,
+                                         audio_input=preset.media)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -182,6 +198,13 @@ class OpenAICompatibleProvider:
         return open_call(self._session, self.name, "POST", self._call_upstream(call), "/responses", json_body=body,
                          headers=accept)
 
+    # ------------------------------------------------------------------ media (/v1/audio/*, /v1/images/*)
+
+    def media(self, call: MediaCall) -> AbstractAsyncContextManager[MediaReply]:
+        """The upstream's own route, with the call's fields and uploads; its answer streams back as it comes."""
+        upstream = self.upstream(call.api_key, call.base_url, call.base_url_trusted)
+        return relay(self._session, self.name, upstream, call)
+
     # ------------------------------------------------------------------ embeddings
 
     async def embed(self, call: EmbedCall) -> EmbedResult:
@@ -217,8 +240,7 @@ class OpenAICompatibleProvider:
         for item in (data.get("data") if isinstance(data, dict) else None) or ():
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 model_id = item["id"]
-                kind = ModelType.EMBEDDING if any(h in model_id.lower() for h in _EMBEDDING_HINTS) else ModelType.TEXT
-                models.append(ModelInfo(id=model_id, type=kind, owned_by=item.get("owned_by")))
+                models.append(ModelInfo(id=model_id, type=model_type_of(model_id), owned_by=item.get("owned_by")))
         return ProviderStatus(ProviderState.AVAILABLE, models=tuple(models))
 
     async def unload(self, model: str, base_url: str | None) -> None:

@@ -15,12 +15,13 @@ from typing import NamedTuple
 
 import aiohttp
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import GatewayError, bad_request, model_not_found
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import ModelInfo, Provider, ProviderState, ProviderStatus
 from gateway.providers.ollama import OllamaProvider
 from gateway.providers.openai_compat import OpenAICompatibleProvider, Preset
+from protocol.local import LOCAL_PROVIDERS
 
 ProviderFactory = Callable[[GatewayConfig, aiohttp.ClientSession], Provider]
 
@@ -62,6 +63,7 @@ class ProviderRegistry:
     @classmethod
     def build(cls, config: GatewayConfig, session: aiohttp.ClientSession) -> ProviderRegistry:
         registry = cls(config)
+        registry.check_groups(config)
         for provider in _configured_providers(config, session):
             registry.register(provider)
             registry._configured.add(provider.name)
@@ -78,6 +80,20 @@ class ProviderRegistry:
         self._configured = set(fresh)
         self._config = config
         self._status_cache.clear()
+
+    def check_groups(self, config: GatewayConfig) -> None:
+        """Every ``[models]`` target names a provider this gateway has (the configured ones and
+        the local workers'): a ConfigError naming the entry otherwise, at start and on SIGHUP."""
+        known = set(load_presets()) | set(native_factories()) | set(LOCAL_PROVIDERS) | set(self._providers)
+        for group in config.models.values():
+            for index, target in enumerate(group.targets):
+                provider, sep, name = target.model.partition("/")
+                if not sep or not provider or not name:
+                    raise ConfigError(f"[models.{group.name!r}] target {target.model!r} must be provider/model "
+                                      f"(or the name of another [models] entry)")
+                if provider not in known:
+                    raise ConfigError(f"[models.{group.name!r}] targets[{index}] {target.model!r}: unknown provider "
+                                      f"{provider!r} (known: {', '.join(sorted(known))})")
 
     def register(self, provider: Provider, name: str | None = None) -> None:
         self._providers[name or provider.name] = provider
@@ -96,10 +112,16 @@ class ProviderRegistry:
         self._pinned = (provider, model)
 
     def resolve(self, model: str | None) -> Target:
-        """Resolve a model id once per request; 404 for an unknown provider."""
+        """Resolve a model id once per request; 404 for an unknown provider. An alias
+        (``[models."name"]``) resolves to its first target: the doors that run every target in turn
+        ask the router (gateway.pipeline.routing) instead."""
         if self._pinned is not None:
             return Target(self._pinned[0], self._pinned[1], model or f"{self._pinned[0]}/{self._pinned[1]}")
         config = self._config
+        group = config.models.get(model) if model else None
+        if group is not None:
+            provider, _, name = group.targets[0].model.partition("/")
+            return Target(provider, name, model or group.name)
         if not model:
             if config.default_provider and config.default_model:
                 return Target(config.default_provider, config.default_model,

@@ -82,12 +82,15 @@ class Upstream:
     headers: dict[str, str]
     first_byte_timeout_s: float
     read_timeout_s: float
+    client_chosen: bool = False  # the client's base_url: its error bodies are not shown as they are
 
 
 def call_timeouts(limits: Limits, timeout_s: float | None) -> tuple[float, float]:
-    """(time to the first byte, time between bytes): a request's own timeout_s bounds the first."""
-    first = timeout_s if timeout_s and timeout_s > 0 else limits.first_byte_timeout_s
-    return first, max(first, limits.stream_idle_timeout_s)
+    """(time to the first byte, longest wait for the next bytes of a stream). A request's own timeout_s
+    bounds both: a stream that stalls midway for that long ends (one error event, then [DONE])."""
+    if timeout_s and timeout_s > 0:
+        return timeout_s, timeout_s
+    return limits.first_byte_timeout_s, limits.stream_idle_timeout_s
 
 
 def resolve(settings: UpstreamSettings, limits: Limits, *, api_key: str | None = None, base_url: str | None = None,
@@ -106,7 +109,7 @@ def resolve(settings: UpstreamSettings, limits: Limits, *, api_key: str | None =
     if not key and settings.requires_key:
         raise settings.missing_key()
     first, read = call_timeouts(limits, timeout_s)
-    return Upstream(url, key, settings.auth_headers(key), first, read)
+    return Upstream(url, key, settings.auth_headers(key), first, read, client_chosen=bool(base_url))
 
 
 def probe(settings: UpstreamSettings, limits: Limits) -> Upstream:

@@ -17,7 +17,8 @@ Behaviour is chosen by the model name:
   claude-slow         a text delta every 100 ms for 60 s (disconnect tests; records "cancelled")
   claude-images       describe the image blocks received (source types and media types)
 An x-api-key of "bad-key" gets HTTP 401 authentication_error. Every request is recorded with its
-headers: GET /_requests reads them, DELETE clears.
+headers (and, for /v1/messages*, its raw body and query string): GET /_requests reads them, DELETE clears.
+POST /v1/messages/count_tokens answers {"input_tokens": COUNTED_TOKENS + the number of messages}.
 Run standalone: python -m tests.fakes.anthropic_upstream --port N
 """
 
@@ -93,9 +94,26 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def messages(request: web.Request) -> web.StreamResponse:
-    body = orjson.loads(await request.read())
+COUNTED_TOKENS = 100
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    raw = await request.read()
+    body = orjson.loads(raw)
     entry = record(request, body)
+    entry.update(raw=raw.decode(), query=request.query_string)
+    if request.headers.get("x-api-key") in (None, "bad-key") or not request.headers.get("anthropic-version"):
+        return _error(401, "authentication_error", "invalid x-api-key")
+    if "max_tokens" in body:  # count_tokens refuses what only sampling takes, as the real API does
+        return _error(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
+    return web.json_response({"input_tokens": COUNTED_TOKENS + len(body.get("messages") or [])})
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    body = orjson.loads(raw)
+    entry = record(request, body)
+    entry.update(raw=raw.decode(), query=request.query_string)
     model = str(body.get("model", ""))
     if request.headers.get("x-api-key") == "bad-key":
         return _error(401, "authentication_error", "invalid x-api-key")
@@ -200,6 +218,7 @@ async def models(request: web.Request) -> web.Response:
 def create_app() -> web.Application:
     return make_app(
         web.post("/v1/messages", messages),
+        web.post("/v1/messages/count_tokens", count_tokens),
         web.get("/v1/models", models),
     )
 

@@ -30,6 +30,7 @@ from protocol.messages import (
     FinishReason,
     Generate,
     Heartbeat,
+    Loading,
     Probe,
     Ready,
     SamplingParams,
@@ -59,7 +60,7 @@ class FakeGateway:
             frames = self.sock.recv_multipart()
             self.identity = frames[0]
             message, binary = self.decoder.decode(frames[1:])
-            if skip_heartbeats and isinstance(message, Heartbeat):
+            if skip_heartbeats and isinstance(message, Heartbeat | Loading):  # Loading: before its Ready
                 continue
             return message, binary
 

@@ -201,7 +201,7 @@ def test_input_file_and_image_reach_the_attachment_hook(gateway: Proc, fake_open
     assert content[1]["type"] == "text" and "| bolts | 12 |" in content[1]["text"]
     bad = post(responses_url(gateway), {"model": "lmstudio/echo", "input": [{"role": "user", "content": [
         {"type": "input_image", "file_id": "file-123"}]}]})
-    assert bad.status == 501 and bad.body["error"]["code"] == "not_implemented"
+    assert bad.status == 404 and bad.body["error"]["code"] == "file_not_found"  # ids resolve through /v1/files
 
 
 # --------------------------------------------------------------------------- store and previous_response_id

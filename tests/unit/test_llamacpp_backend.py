@@ -12,7 +12,7 @@ import pytest
 
 from protocol.messages import ErrorCode, FinishReason, Generate, SamplingParams
 from workers.backend import Delta, GenerationResult, ModelLoadError, WorkerError
-from workers.chat import StopStringFilter, could_be_tool_call, parse_tool_calls
+from workers.chat import StopStringFilter, merged_tool_calls
 from workers.llamacpp import LlamaCppBackend
 from workers.tiny_models import write_tiny_gguf
 
@@ -201,7 +201,7 @@ def test_tools_rendered_and_tool_call_converted(backend: LlamaCppBackend) -> Non
                                response_format={"type": "json_schema", "json_schema": {"schema": schema}})
     assert result.finish_reason == FinishReason.TOOL_CALLS
     assert text == ""  # held back, never leaked as content
-    calls = [c for d in deltas for c in d.tool_calls]
+    calls = merged_tool_calls([c for d in deltas for c in d.tool_calls])
     assert len(calls) == 1 and calls[0]["function"]["name"] == "get_weather"
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
 
@@ -210,15 +210,3 @@ def test_plain_text_with_tools_is_text(backend: LlamaCppBackend) -> None:
     text, result, _ = run(backend, max_tokens=8, temperature=0, tools=TOOLS)
     assert result.finish_reason == FinishReason.LENGTH
     assert text.strip()
-
-
-def test_parse_tool_calls_formats() -> None:
-    tagged = parse_tool_calls('<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>')
-    assert tagged is not None and tagged[0]["function"] == {"name": "f", "arguments": '{"a": 1}'}
-    two = parse_tool_calls('<tool_call>{"name": "f", "arguments": {}}</tool_call>\n<tool_call>{"name": "g"}</tool_call>')
-    assert two is not None and [c["index"] for c in two] == [0, 1]
-    assert parse_tool_calls('{"name": "f", "arguments": "{}"}')[0]["function"]["arguments"] == "{}"  # type: ignore[index]
-    assert parse_tool_calls("just text") is None
-    assert parse_tool_calls('{"a": 1}') is None
-    assert parse_tool_calls('sure: <tool_call>{"name": "f"}</tool_call>') is None
-    assert could_be_tool_call("  <tool") and could_be_tool_call("{") and not could_be_tool_call("hi")

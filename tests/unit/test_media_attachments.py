@@ -142,9 +142,11 @@ def test_responses_parts() -> None:
         {"type": "file", "file_url": {"url": "https://example.com/a.pdf"}},
         {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA", "filename": "a.pdf"}},
     ]
-    with pytest.raises(MediaError) as info:
-        responses_parts_to_chat([{"type": "input_image", "file_id": "file-1"}])
-    assert info.value.status == 501
+    # stored files keep their id: the gateway's audio hook reads them through the Files API
+    assert responses_parts_to_chat([{"type": "input_image", "file_id": "file-1"}, {"type": "input_file",
+                                                                                    "file_id": "file-2"}]) == [
+        {"type": "image_url", "image_url": {"file_id": "file-1", "detail": None}},
+        {"type": "file", "file": {"file_id": "file-2"}}]
 
 
 async def test_many_at_tokens_are_bounded(root: Path, executor: ParseExecutor) -> None:

@@ -141,7 +141,8 @@ def test_mlx_generation_config_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize("choice", ["none", "auto"])
 def test_mlx_honours_tool_choice(tmp_path_factory: pytest.TempPathFactory, choice: str) -> None:
     """The MLX engine decides through the shared semantics: output that looks like the start of a tool
-    call ("{...") is held back while tools are active, and streams at once under tool_choice none."""
+    call ("{...") is held back while tools are active (until it cannot be one), and streams at once under
+    tool_choice none."""
     from transformers import AutoTokenizer
 
     from workers.mlx_backend import MLXBackend
@@ -161,6 +162,7 @@ def test_mlx_honours_tool_choice(tmp_path_factory: pytest.TempPathFactory, choic
         if choice == "none":
             assert texts[:5] == ["{"] * 5  # streamed token by token
         else:
-            assert texts[:5] == [""] * 5 and texts[5] == "{" * 5  # held, then released as text (not JSON)
+            # held only until judged: "{{" cannot begin a call object, so it is text at once
+            assert texts[:3] == ["", "{{", "{"]
     finally:
         backend.unload()

@@ -15,13 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.doors.files import inline_stored_files
 from gateway.doors.http import json_response, read_request, stream_events
 from gateway.doors.responses.convert import Converted, input_items, to_chat
 from gateway.doors.responses.events import Event, ResponseBuilder
 from gateway.doors.responses.passthrough import Passthrough, portable_items
 from gateway.doors.sse import SSEWriter
 from gateway.errors import GatewayError, bad_request
-from gateway.keys import PROVIDERS
+from gateway.keys import CONFIG, FILE_STORE, PROVIDERS
 from gateway.ops.store import STATE_STORE, StateStore, Stored, StoreUnavailable
 from gateway.pipeline import chat
 from gateway.providers.base import ChatCall
@@ -55,7 +56,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     app = request.app
     target = app[PROVIDERS].resolve(parsed.model)
     request["log"].update(provider=target.provider, model=target.model, stream=bool(parsed.stream), api="responses")
-    if app[PROVIDERS].provider_for(target.provider).capabilities.native_responses:
+    # An alias or a models list runs on the chat path, where its targets are tried in turn.
+    routed = parsed.model in app[CONFIG].models or bool(parsed.models)
+    if not routed and app[PROVIDERS].provider_for(target.provider).capabilities.native_responses:
         return await _passthrough(request, body, parsed, target)
     return await _via_chat(request, body, parsed, target)
 
@@ -150,6 +153,7 @@ async def _passthrough(request: web.Request, body: dict[str, Any], parsed: Respo
             # history goes as input items instead. Any other id is OpenAI's own and passes through.
             body = {**body, "input": [*portable_items(stored.items), *input_items(body)]}
             body.pop("previous_response_id")
+    body = await inline_stored_files(request.app.get(FILE_STORE), body)  # acore's file ids: the provider has none
     upstream = Passthrough(request.app, call, body)
     if not call.stream:
         return json_response(await upstream.complete(), headers=chat.notices_header(call))
