@@ -32,6 +32,10 @@ class ProviderSettings:
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None
+    # OpenAI-compatible providers: ask for a usage chunk on every stream, so the access log and /metrics
+    # count its tokens even when the client did not ask (the chunk is then not passed on). Default: the
+    # preset's; false for a server that refuses stream_options.
+    stream_usage: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,9 +324,7 @@ def load_config(
         url = env.get(names.url or "") or env.get(names.legacy_url or "") or current.base_url
         if url and "://" not in url:  # OLLAMA_HOST is often "host:port"
             url = f"http://{url}"
-        providers[name] = ProviderSettings(
-            base_url=url, api_key=current.api_key, api_key_env=current.api_key_env or names.key
-        )
+        providers[name] = dataclasses.replace(current, base_url=url, api_key_env=current.api_key_env or names.key)
 
     limits = _dataclass_from(Limits, data.get("limits", {}), "limits")
     from_env = {field: env[name] for name, field in LIMIT_ENV.items() if env.get(name, "").strip()}

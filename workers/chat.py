@@ -24,6 +24,7 @@ from typing import Any
 from protocol.messages import ErrorCode, FinishReason, Generate, SamplingParams
 from workers.backend import Delta, WorkerError
 from workers.tool_calls import ToolCallParser
+from workers.tool_calls.base import held_tail
 from workers.tool_calls.hermes import HermesParser
 
 # --------------------------------------------------------------------------- sampling
@@ -162,24 +163,13 @@ class StopStringFilter:
             self.matched = next(s for s in self.stops if self.pending.find(s) == cut)
             out, self.pending = self.pending[:cut], ""
             return out, True
-        out = self.pending[: len(self.pending) - _held_tail(self.pending, self.stops)]
+        out = self.pending[: len(self.pending) - held_tail(self.pending, self.stops)]
         self.pending = self.pending[len(out):]
         return out, False
 
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
-
-
-def _held_tail(text: str, markers: list[str]) -> int:
-    """How many trailing characters of ``text`` could begin one of ``markers``."""
-    hold = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(text)), hold, -1):
-            if text.endswith(marker[:n]):
-                hold = n
-                break
-    return hold
 
 
 # --------------------------------------------------------------------------- reasoning
@@ -227,7 +217,7 @@ class ReasoningSplitter:
             reasoning, rest = self.pending[:end], self.pending[end + len(THINK_CLOSE):]
             self.state, self.pending = "content", ""
             return reasoning, rest.lstrip("\n")
-        keep = _held_tail(self.pending, [THINK_CLOSE])
+        keep = held_tail(self.pending, [THINK_CLOSE])
         reasoning = self.pending[: len(self.pending) - keep]
         self.pending = self.pending[len(reasoning):]
         return reasoning, ""
@@ -332,3 +322,27 @@ def message_text(content: Any) -> str:
         else:
             raise WorkerError(ErrorCode.BAD_REQUEST, f"unsupported content part type {kind!r}", param="messages")
     return "".join(parts)
+
+
+def render_template(tokenizer: Any, model_name: str, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None, add_generation_prompt: bool = True,
+                    options: dict[str, Any] | None = None) -> str:
+    """A Hugging Face tokenizer's chat template as text (MLX and transformers engines); a template
+    that rejects the messages is the client's 400, not a worker crash."""
+    msgs = [{**m, "content": message_text(m.get("content"))} for m in messages]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tools=tools or None, add_generation_prompt=add_generation_prompt,
+                                             tokenize=False, **(options or {}))
+    except WorkerError:
+        raise
+    except Exception as exc:
+        raise WorkerError(ErrorCode.BAD_REQUEST, f"the chat template of {model_name} rejected the messages: {exc}",
+                          param="messages") from exc
+    return str(text)
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered template: the template already wrote BOS if the model wants one; never a second."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return list(tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))))
+

@@ -20,10 +20,11 @@ from protocol.messages import CacheOp, Capabilities, ErrorCode, FinishReason, Ge
 from workers.backend import Backend, BackendInfo, Cancelled, Emit, GenerationResult, ModelLoadError, WorkerError
 from workers.chat import (
     ChatOutput,
+    encode_prompt,
     finish_reason,
-    message_text,
     opens_reasoning,
     prompt_tools,
+    render_template,
     resolve_sampling,
     template_options,
 )
@@ -217,22 +218,10 @@ class MLXBackend(Backend):
 
     def _template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                   add_generation_prompt: bool, options: dict[str, Any] | None = None) -> str:
-        msgs = [{**m, "content": message_text(m.get("content"))} for m in messages]
-        try:
-            text = self._tokenizer.apply_chat_template(msgs, tools=tools or None,
-                                                       add_generation_prompt=add_generation_prompt, tokenize=False,
-                                                       **(options or {}))
-        except WorkerError:
-            raise
-        except Exception as exc:
-            raise WorkerError(ErrorCode.BAD_REQUEST, f"the chat template of {self.name} rejected the messages: {exc}",
-                              param="messages") from exc
-        return str(text)
+        return render_template(self._tokenizer, self.name, messages, tools, add_generation_prompt, options)
 
     def _encode(self, text: str) -> list[int]:
-        # the template already wrote BOS if the model wants one; never add a second
-        bos = getattr(self._tokenizer, "bos_token", None)
-        return list(self._tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))))
+        return encode_prompt(self._tokenizer, text)
 
     def _render_fragment(self, args: dict[str, Any]) -> list[int]:
         """Tokens of an update / module body: system_prompt + messages (+ tools) templated, then prompt.

@@ -31,10 +31,11 @@ from workers.chat import (
     THINK_TAGS,
     ChatOutput,
     Sampling,
+    encode_prompt,
     finish_reason,
-    message_text,
     opens_reasoning,
     prompt_tools,
+    render_template,
     resolve_sampling,
     template_options,
 )
@@ -206,21 +207,10 @@ class TransformersBackend(Backend):
 
     def _template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                   options: dict[str, Any] | None = None) -> str:
-        msgs = [{**m, "content": message_text(m.get("content"))} for m in messages]
-        try:
-            text = self._tokenizer.apply_chat_template(msgs, tools=tools or None, add_generation_prompt=True,
-                                                       tokenize=False, **(options or {}))
-        except WorkerError:
-            raise
-        except Exception as exc:
-            raise WorkerError(ErrorCode.BAD_REQUEST, f"the chat template of {self.name} rejected the messages: {exc}",
-                              param="messages") from exc
-        return str(text)
+        return render_template(self._tokenizer, self.name, messages, tools, True, options)
 
     def _encode(self, text: str) -> list[int]:
-        # the template already wrote BOS if the model wants one; never add a second
-        bos = getattr(self._tokenizer, "bos_token", None)
-        return list(self._tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))))
+        return encode_prompt(self._tokenizer, text)
 
     def count_tokens(self, request: Tokenize) -> int:
         return len(self._encode(self._template(request.messages, request.tools or None)))

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.cli.serve import run
+from gateway.cli.serve import add_log_flags, log_overrides, run
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.keys import PROVIDERS
 from gateway.ops.health import SINGLE_MODEL
@@ -48,8 +48,7 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
     parser.add_argument("--n-ctx", type=int, help="context window in tokens (default: the model's, capped)")
     parser.add_argument("--prompt-cache-bytes", type=int, metavar="N",
                         help="host-memory budget of the prompt cache in bytes (default 512 MiB)")
-    parser.add_argument("--debug", action="store_true", default=None,
-                        help="structured JSON log line per request (secrets redacted)")
+    add_log_flags(parser)
     args = parser.parse_args(argv)
     if args.port is None:
         raw = env.get("ABSTRACTENDPOINT_PORT")
@@ -67,8 +66,8 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = No
 def build_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GatewayConfig:
     spec = WorkerSpec(provider=args.provider, model=args.model, name=args.name, threads=args.threads,
                       n_ctx=args.n_ctx, prompt_cache_bytes=getattr(args, "prompt_cache_bytes", None))
-    overrides = {"host": args.host, "port": args.port, "debug": args.debug, "workers": [spec],
-                 "default_embeddings": False}
+    overrides = {"host": args.host, "port": args.port, "workers": [spec], "default_embeddings": False,
+                 **log_overrides(args)}
     return load_config(env=env, overrides=overrides)
 
 

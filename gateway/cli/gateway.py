@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.app import create_app
 from gateway.cli.fronts import run_fronts
-from gateway.cli.serve import install_event_loop, run
+from gateway.cli.serve import add_log_flags, install_event_loop, log_overrides, run
 from gateway.config import ConfigError, GatewayConfig, WorkerSpec, load_config
 from gateway.ops.logs import setup_logging
 from gateway.pipeline.agent_format import refuse_tool_execution
@@ -28,8 +28,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
-    parser.add_argument("--debug", action="store_true", default=None,
-                        help="structured JSON log line per request (secrets redacted); also ABSTRACTCORE_DEBUG=1")
     parser.add_argument("--config", metavar="FILE", help="TOML config file ([[workers]], [providers.X], [limits], [media])")
     parser.add_argument("--worker", action="append", metavar="PROVIDER:MODEL", default=[],
                         help="start and supervise a local worker, e.g. llamacpp:model.gguf, mlx:DIR or a Hugging "
@@ -60,17 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not start the packaged all-MiniLM-L6-v2 embeddings worker")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                         help="event loop: uvloop when installed (auto, the default), or the standard asyncio loop")
-    parser.add_argument("--log-format", choices=("json", "text"), default=None,
-                        help="access log and log lines as JSON objects (default) or text; also ACORE_LOG_FORMAT")
-    parser.add_argument("--log-file", metavar="FILE",
-                        help="write the access log to FILE (rotated by size) instead of stderr; also ACORE_LOG_FILE")
-    parser.add_argument("--log-dir", metavar="DIR",
-                        help="with --debug: where acore_TIMESTAMP.log, YYYYMMDD-payloads.jsonl and "
-                             "verbatim_TIMESTAMP.jsonl go (default logs/); also ACORE_LOG_DIR")
-    parser.add_argument("--no-access-log", action="store_true",
-                        help="no access line per request (on by default); also ACORE_ACCESS_LOG=0")
-    parser.add_argument("--no-metrics", action="store_true",
-                        help="no GET /metrics and nothing recorded for it; also ACORE_METRICS=0")
+    add_log_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -79,7 +67,6 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
     overrides = {
         "host": args.host,
         "port": args.port,
-        "debug": args.debug,
         "workers": [WorkerSpec.parse(text) for text in args.worker] or None,
         "worker_bind": args.worker_bind,
         "worker_keys": args.worker_keys,
@@ -88,11 +75,7 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         "limits": {"stream_idle_timeout_s": args.stream_idle_timeout, "header_timeout_s": args.header_timeout,
                    "max_connections": args.max_connections, "max_inflight_bytes": args.max_inflight_bytes},
         "default_embeddings": False if args.no_default_embeddings else None,
-        "log_format": args.log_format,
-        "log_file": args.log_file,
-        "log_dir": args.log_dir,
-        "access_log": False if args.no_access_log else None,
-        "metrics": False if args.no_metrics else None,
+        **log_overrides(args),
     }
     return load_config(config_file=args.config, overrides=overrides)
 

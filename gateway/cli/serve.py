@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import logging
@@ -9,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -17,6 +19,7 @@ from gateway.ops.connections import GuardedRunner, connection_cap, raise_open_fi
 from gateway.ops.drain import HURRY
 from gateway.ops.logs import setup_logging
 from gateway.ops.reload import RELOAD, reload_config
+from gateway.ops.stats import OBSERVER
 from protocol.endpoints import runtime_dir
 
 
@@ -39,6 +42,31 @@ def config_secrets(config: GatewayConfig) -> list[str]:
     return config.secrets()
 
 
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """The logging and metrics flags acore-gateway and acore-endpoint share (read by ``log_overrides``)."""
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help="debug log lines, and the debug logs in --log-dir: every request and model call "
+                             "(acore_TIMESTAMP.log, YYYYMMDD-payloads.jsonl, verbatim_TIMESTAMP.jsonl; secrets "
+                             "redacted); also ABSTRACTCORE_DEBUG=1")
+    parser.add_argument("--log-format", choices=("json", "text"), default=None,
+                        help="access log and log lines as JSON objects (default) or text; also ACORE_LOG_FORMAT")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="write the access log to FILE (rotated by size) instead of stderr; also ACORE_LOG_FILE")
+    parser.add_argument("--log-dir", metavar="DIR",
+                        help="with --debug: where acore_TIMESTAMP.log, YYYYMMDD-payloads.jsonl and "
+                             "verbatim_TIMESTAMP.jsonl go (default logs/); also ACORE_LOG_DIR")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="no access line per request (on by default); also ACORE_ACCESS_LOG=0")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="no GET /metrics and nothing recorded for it; also ACORE_METRICS=0")
+
+
+def log_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from ``add_log_flags``' flags (None: the config file or environment decides)."""
+    return {"debug": args.debug, "log_format": args.log_format, "log_file": args.log_file, "log_dir": args.log_dir,
+            "access_log": False if args.no_access_log else None, "metrics": False if args.no_metrics else None}
+
+
 def front_started(config: GatewayConfig) -> None:
     (runtime_dir(config.port) / f"front-{config.front_index}.started").write_text(str(os.getpid()))
 
@@ -58,7 +86,9 @@ async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[
     before, open_files = raise_open_file_limit()
     max_connections = connection_cap(limits.max_connections, open_files)
     # Our own drain waits for in-flight requests; aiohttp then only waits a moment for stragglers.
+    observer = app.get(OBSERVER)
     runner = GuardedRunner(app, header_timeout_s=limits.header_timeout_s, max_connections=max_connections,
+                           on_refused=observer.refused if observer is not None else lambda reason: None,
                            handler_cancellation=True, access_log=None, shutdown_timeout=1.0,
                            keepalive_timeout=limits.keepalive_timeout_s)
     try:
@@ -75,6 +105,8 @@ async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[
         "open-file limit %s; up to %d client connections, request headers within %g s, idle keep-alive %g s",
         f"raised from {before} to {open_files}" if open_files > before else f"{open_files}", max_connections,
         limits.header_timeout_s, limits.keepalive_timeout_s)
+    if observer is not None:
+        observer.open_connections = runner.open_connections
     if config.front_index is not None:
         front_started(config)  # tell the parent of a --processes N gateway this front listens
     stop = asyncio.Event()

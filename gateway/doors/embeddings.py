@@ -7,7 +7,6 @@ base64 of little-endian float32.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
@@ -21,7 +20,8 @@ from gateway.keys import CONFIG, PROVIDERS
 from gateway.ops.stats import current, note_upstream_error
 from gateway.pipeline.base_url import check_client_base_url
 from gateway.pipeline.chat import provider_key_from
-from gateway.pipeline.routing import ROUTER, RoutedRun
+from gateway.pipeline.groups import GroupTarget
+from gateway.pipeline.routing import ROUTER, RoutedRun, first_answer
 from gateway.providers.base import EmbedCall, EmbedResult
 from gateway.providers.registry import Target
 from protocol.openai import EmbeddingsRequest
@@ -102,25 +102,13 @@ async def embeddings(request: web.Request) -> web.Response:
         result, vectors = await _embed(request, parsed, target, texts, token_ids, None)
     else:  # an alias: its targets in turn until one answers
         request["log"].update(inputs=count)
-        run = RoutedRun(request.app, plan)
-        while (spec := await run.next_target()) is not None:
-            target = registry.resolve(spec.model)
-            try:
-                async with asyncio.timeout(run.attempt_timeout()):
-                    result, vectors = await _embed(request, parsed, target._replace(requested=requested), texts,
-                                                   token_ids, spec.base_url)
-            except (GatewayError, TimeoutError) as exc:
-                run.failed(exc)
-                continue
-            except BaseException:
-                run.done()
-                raise
-            run.answered()
-            run.done()
-            request["log"].update(provider=target.provider, model=target.model)
-            break
-        else:
-            raise run.exhausted()
+
+        async def attempt(spec: GroupTarget) -> tuple[Target, EmbedResult, np.ndarray]:
+            target = registry.resolve(spec.model)._replace(requested=requested)
+            return (target, *await _embed(request, parsed, target, texts, token_ids, spec.base_url))
+
+        _, (target, result, vectors) = await first_answer(RoutedRun(request.app, plan), attempt)
+        request["log"].update(provider=target.provider, model=target.model)
     vectors = _truncate(vectors, parsed.dimensions)
     tokens = int(result.prompt_tokens)
     stats = current()

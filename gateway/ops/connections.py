@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -94,6 +95,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         if guard.open >= guard.max_connections:
             self._refused = True
             guard.refused += 1
+            guard.on_refused("max_connections")
             if guard.refused == 1 or guard.refused % 1000 == 0:
                 log.warning("refusing new connections: %d open (the limit, max_connections); %d refused so far",
                             guard.open, guard.refused)
@@ -151,6 +153,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             return
         if self._head:  # part of a request came: say why it is cut off (a silent connection just closes)
             self._guard.header_timeouts += 1
+            self._guard.on_refused("header_timeout")
             cast(asyncio.WriteTransport, transport).write(raw_error(408, path_of(self._head),
                                       f"The request headers did not arrive within {self._guard.header_timeout_s:g} s.",
                                       "request_timeout"))
@@ -189,13 +192,19 @@ def _describe(status: int, exc: BaseException | None, message: str | None) -> tu
     return status, f"Malformed HTTP request: {text[:200]}" if text else "Malformed HTTP request.", "bad_request"
 
 
+def _uncounted(reason: str) -> None:
+    pass
+
+
 class GuardedServer(web_server.Server):
     """aiohttp's connection factory, making ``GuardedHandler``s and counting them."""
 
-    def __init__(self, *args: Any, header_timeout_s: float, max_connections: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout_s: float, max_connections: int,
+                 on_refused: Callable[[str], None] = _uncounted, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
+        self.on_refused = on_refused  # by reason: max_connections, header_timeout (/metrics)
         self.open = 0
         self.refused = 0
         self.header_timeouts = 0
@@ -208,14 +217,19 @@ class GuardedRunner(web.AppRunner):
     """An AppRunner whose server is a ``GuardedServer`` (same app, handler and keyword arguments)."""
 
     def __init__(self, app: web.Application, *, header_timeout_s: float, max_connections: int,
-                 **kwargs: Any) -> None:
+                 on_refused: Callable[[str], None] = _uncounted, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._max_connections = max_connections
+        self._on_refused = on_refused
 
     async def _make_server(self) -> web_server.Server:
         plain = await super()._make_server()
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=plain._loop,
                              header_timeout_s=self._header_timeout_s, max_connections=self._max_connections,
-                             **plain._kwargs)
+                             on_refused=self._on_refused, **plain._kwargs)
+
+    def open_connections(self) -> int:
+        server = self.server
+        return server.open if isinstance(server, GuardedServer) else 0

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError, body_for_path
 from gateway.keys import CONFIG
+from gateway.ops.stats import OBSERVER
 
 RETRY_AFTER_S = "1"
 # A body is held twice while it is decoded (its bytes and the decoded JSON), then once, and its upstream
@@ -34,17 +35,20 @@ BODY_COPIES = 2
 class ByteBudget:
     """Bytes held by requests now, against a capacity (one per process; the loop is single-threaded)."""
 
-    __slots__ = ("capacity", "held", "peak", "refused")
+    __slots__ = ("capacity", "held", "on_refused", "peak", "refused")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_refused: Callable[[], None] | None = None) -> None:
         self.capacity = capacity
         self.held = 0
         self.peak = 0
         self.refused = 0
+        self.on_refused = on_refused  # counted in /metrics (acore_refused_total{reason="memory_budget"})
 
     def take(self, size: int) -> bool:
         if size > 0 and self.held + size > self.capacity:
             self.refused += 1
+            if self.on_refused is not None:
+                self.on_refused()
             return False
         self.held += size
         self.peak = max(self.peak, self.held)
@@ -160,4 +164,6 @@ async def _read_chunked(request: web.Request, limit: int, reservation: Reservati
 
 
 def setup(app: web.Application) -> None:
-    app[BUDGET] = ByteBudget(app[CONFIG].limits.max_inflight_bytes)
+    observer = app.get(OBSERVER)
+    app[BUDGET] = ByteBudget(app[CONFIG].limits.max_inflight_bytes,
+                             None if observer is None else lambda: observer.refused("memory_budget"))

@@ -130,6 +130,9 @@ class RequestMetrics:
                                   ["provider", "model"], registry=registry)
         self.cache_saved = Counter("acore_prompt_cache_tokens_saved", "Input tokens served from a prompt cache.",
                                    ["provider", "model"], registry=registry)
+        self.refused = Counter("acore_refused", "Connections and requests refused before a handler ran, by reason: "
+                               "max_connections (503 at accept), header_timeout (408), memory_budget (503).",
+                               ["reason"], registry=registry)
         self.batch = Histogram("acore_embedding_batch_size", "Inputs per embeddings request.",
                                ["provider", "model"], buckets=BATCH_BUCKETS, registry=registry)
         # Multiprocess: a gauge in the mmap files, summed over live processes. One process: the
@@ -225,6 +228,12 @@ class LiveCollector(Collector):
                                   value=state.log_dropped)
         if state.in_flight is not None:
             yield GaugeMetricFamily("acore_in_flight_requests", "Requests being handled.", value=state.in_flight)
+        if state.open_connections is not None:
+            yield GaugeMetricFamily("acore_open_connections", "Client connections open now.",
+                                    value=state.open_connections)
+        if state.inflight_bytes is not None:
+            yield GaugeMetricFamily("acore_inflight_request_bytes", "Request bytes held now, against the memory "
+                                    "budget (max_inflight_bytes).", value=state.inflight_bytes)
         if state.groups:
             circuit = GaugeMetricFamily("acore_route_circuit_open", "1 while a group target's circuit breaker "
                                         "is open (skipped), 0.5 while half-open (one probe may go).",
@@ -242,10 +251,15 @@ class LiveCollector(Collector):
 class LiveState:
     """What LiveCollector shows; made by the observer at each scrape."""
 
-    __slots__ = ("dropped_frames", "groups", "in_flight", "log_dropped", "restarts", "workers")
+    __slots__ = ("dropped_frames", "groups", "in_flight", "inflight_bytes", "log_dropped", "open_connections",
+                 "restarts", "workers")
 
     def __init__(self, workers: list[Any], restarts: int | None, dropped_frames: int, log_dropped: int,
-                 in_flight: int | None, groups: list[dict[str, Any]] | None = None) -> None:
+                 in_flight: int | None, groups: list[dict[str, Any]] | None = None,
+                 open_connections: int | None = None, inflight_bytes: int | None = None) -> None:
+        # None where the value is this process's own and several fronts answer scrapes (--processes N)
+        self.open_connections = open_connections
+        self.inflight_bytes = inflight_bytes
         self.groups = groups or []  # Router.view(): each alias's targets and their circuits
         self.workers = workers
         self.restarts = restarts

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.keys import CONFIG
 from gateway.ops.auth import METRICS_PATH
 from gateway.ops.debuglog import DebugLogs
+from gateway.ops.limits import BUDGET
 from gateway.ops.logs import RedactingJSONFormatter, mask_key_shapes, might_hold_key
 from gateway.ops.metrics import CONTENT_TYPE, LiveCollector, LiveState, RequestMetrics
 from gateway.ops.redact import RedactingTextFormatter, Redactor, text_line
@@ -126,6 +127,12 @@ class Observer:
                                    config.log_max_bytes, self.multiprocess)
         self.in_flight = 0
         self.app: web.Application | None = None
+        self.open_connections: Callable[[], int] | None = None  # set by the server that serves the app (cli/serve.py)
+
+    def refused(self, reason: str) -> None:
+        """A connection or request refused before any handler ran (acore_refused_total)."""
+        if self.metrics is not None:
+            self.metrics.refused.labels(reason).inc()
 
     # ------------------------------------------------------------------ rendering (in the writer thread)
 
@@ -201,8 +208,11 @@ class Observer:
         router = self.app.get(ROUTER) if self.app is not None else None
         if router is not None and self.app is not None and self.app[CONFIG].models:
             groups = router.view(self.app[CONFIG].models)
-        return LiveState(workers, restarts, dropped, self.writer.dropped, None if self.multiprocess else self.in_flight,
-                         groups)
+        own = not self.multiprocess  # several fronts: a gauge of this process alone would mislead
+        budget = self.app.get(BUDGET) if self.app is not None else None
+        return LiveState(workers, restarts, dropped, self.writer.dropped, self.in_flight if own else None, groups,
+                         self.open_connections() if own and self.open_connections is not None else None,
+                         budget.held if own and budget is not None else None)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -16,8 +16,9 @@ set true is refused at start (``refuse_tool_execution``).
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ class Tags:
         return f"\n\n{self.start}\n{json.dumps({'name': name, 'arguments': args}, indent=2)}\n{self.end}"
 
 
+@functools.lru_cache(maxsize=64)  # read per request: the server default and a few client spellings
 def parse_format(value: str) -> Tags | None:
     """None for the structured formats; ValueError naming the choices for anything unknown."""
     name = value.strip()
@@ -99,13 +101,14 @@ def rewrite_completion(result: dict[str, Any], tags: Tags | None) -> dict[str, A
     return result
 
 
-async def rewrite_stream(chunks: AsyncIterator[dict[str, Any]], tags: Tags | None) -> AsyncIterator[dict[str, Any]]:
+def rewrite_stream(chunks: AsyncIterator[dict[str, Any]], tags: Tags | None) -> AsyncIterator[dict[str, Any]]:
     """Stream chunks with tool-call deltas replaced by tagged content, each call once it is complete
-    (at the next call or the choice's finish)."""
-    if tags is None:
-        async for chunk in chunks:
-            yield chunk
-        return
+    (at the next call or the choice's finish). Structured formats get the stream itself: no generator
+    layer per chunk on the common path."""
+    return chunks if tags is None else _tagged(chunks, tags)
+
+
+async def _tagged(chunks: AsyncIterator[dict[str, Any]], tags: Tags) -> AsyncGenerator[dict[str, Any], None]:
     pending: dict[tuple[int, int], list[str]] = {}  # (choice, call index) -> [name, arguments]
     try:
         async for chunk in chunks:

@@ -24,7 +24,7 @@ from gateway.keys import CONFIG, PROVIDERS
 from gateway.ops.stats import current, note_upstream_error
 from gateway.pipeline.groups import GroupTarget
 from gateway.pipeline.hooks import HooksAround
-from gateway.pipeline.routing import REQUEST_LIST, ROUTER, RoutedRun
+from gateway.pipeline.routing import REQUEST_LIST, ROUTER, RoutedRun, first_answer
 from gateway.providers.base import ChatCall
 from gateway.providers.registry import Target
 from protocol.chat import ChatRequest
@@ -111,23 +111,13 @@ async def complete(app: web.Application, call: ChatCall) -> dict[str, Any]:
     """Run a non-streaming chat; the answer's ``model`` is what the client asked for."""
     if call.plan is None:
         return await _complete_one(app, call)
-    run = RoutedRun(app, call.plan)
-    while (spec := await run.next_target()) is not None:
-        attempt = _attempt_call(app, call, spec)
-        try:
-            async with asyncio.timeout(run.attempt_timeout()):
-                result = await _complete_one(app, attempt)
-        except (GatewayError, TimeoutError) as exc:
-            run.failed(exc)  # re-raises what the next target would share
-            continue
-        except BaseException:
-            run.done()
-            raise
-        run.answered()
-        run.done()
-        _served(call, attempt)
-        return result
-    raise run.exhausted()
+    async def attempt(spec: GroupTarget) -> tuple[ChatCall, dict[str, Any]]:
+        target_call = _attempt_call(app, call, spec)
+        return target_call, await _complete_one(app, target_call)
+
+    _, (served, result) = await first_answer(RoutedRun(app, call.plan), attempt)
+    _served(call, served)
+    return result
 
 
 async def _complete_one(app: web.Application, call: ChatCall) -> dict[str, Any]:

@@ -13,12 +13,13 @@ this process's own: with --processes N each front keeps its own breaker.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from gateway.ops.stats import note_retry
 from gateway.pipeline.groups import GroupTarget, ModelGroup, RoutingSettings
 
 ROUTER: web.AppKey[Router] = web.AppKey("router")
+T = TypeVar("T")
 REQUEST_LIST = "models"  # the request extension's name, also the plan's name for it
 
 
@@ -273,6 +275,25 @@ class RoutedRun:
         reasons = "; ".join(self.errors) or "no target could be tried"
         return GatewayError(503, f"Every target of '{self.plan.name}' failed: {reasons}.", type="server_error",
                             code="all_targets_failed")
+
+
+async def first_answer(run: RoutedRun, attempt: Callable[[GroupTarget], Awaitable[T]]) -> tuple[GroupTarget, T]:
+    """Each target in turn until one's ``attempt`` returns a whole answer (non-streaming calls):
+    the target and its answer; 503 naming every target when none answered."""
+    while (spec := await run.next_target()) is not None:
+        try:
+            async with asyncio.timeout(run.attempt_timeout()):
+                result = await attempt(spec)
+        except (GatewayError, TimeoutError) as exc:
+            run.failed(exc)  # re-raises what the next target would share
+            continue
+        except BaseException:
+            run.done()
+            raise
+        run.answered()
+        run.done()
+        return spec, result
+    raise run.exhausted()
 
 
 def _summary(message: str) -> str:

@@ -58,6 +58,7 @@ class Preset:
     thinking: str = "none"
     responses: bool = False  # serves /v1/responses itself: the Responses door passes requests through
     media: bool = True  # serves /v1/audio/* and /v1/images/* (and takes input_audio in chat): relayed as they are
+    stream_usage: bool = True  # takes stream_options.include_usage: asked on every stream for the token counts
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -119,6 +120,8 @@ class OpenAICompatibleProvider:
                                          native_responses=preset.responses, audio_transcription=preset.media,
                                          audio_speech=preset.media, image_generation=preset.media,
                                          audio_input=preset.media)
+        configured = config.provider_settings(preset.name).stream_usage
+        self.stream_usage = preset.stream_usage if configured is None else configured
 
     # ------------------------------------------------------------------ plumbing
 
@@ -135,6 +138,8 @@ class OpenAICompatibleProvider:
         body["model"] = call.model
         if stream:
             body["stream"] = True
+            if self.stream_usage and not call.include_usage:
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
@@ -156,6 +161,8 @@ class OpenAICompatibleProvider:
         upstream = self._call_upstream(call)
         saw_finish = False
         first = True
+        # Usage the client did not ask for (stream_usage): kept on the call for the logs, not passed on.
+        hide_usage = self.stream_usage and not call.include_usage
         async with open_call(self._session, self.name, "POST", upstream, "/chat/completions",
                              json_body=self._body(call, stream=True)) as response:
             async for _event, data in sse_data(response, self.name):
@@ -169,6 +176,12 @@ class OpenAICompatibleProvider:
                     error = chunk["error"]
                     message = error.get("message") if isinstance(error, dict) else str(error)
                     raise GatewayError(502, f"Provider {self.name} failed mid-stream: {message}", type="server_error")
+                if hide_usage and "usage" in chunk:
+                    usage = chunk.pop("usage")
+                    if usage:
+                        call.usage = usage
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk
                 # One pass over the choices (this is the hot loop of a streamed answer): note the finish,
                 # give the first delta its role (some servers omit it) and name reasoning reasoning_content.
                 choices = chunk.get("choices")

@@ -215,7 +215,8 @@ async def _stream(request: web.Request, body: dict[str, Any], model: str) -> web
     if model == "no-done":
         await response.write(_chunk(model, {}, finish))
         return response
-    await response.write(_chunk(model, {}, finish))
+    # OpenAI sends "usage": null on each chunk when include_usage is set, then a usage-only chunk.
+    await response.write(_chunk(model, {}, finish, **({"usage": None} if include_usage else {})))
     if include_usage:
         data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": model, "choices": [], "usage": _usage()}

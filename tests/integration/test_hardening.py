@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import http
 from tests import media_files as files
@@ -60,6 +61,15 @@ def keyed_gw(log_dir: Path, upstream: Proc) -> Iterator[Proc]:
 def chat(gw: Proc, body: dict[str, Any], key: str | None = None, timeout: float = 30) -> http.Reply:
     headers = {"Authorization": f"Bearer {key}"} if key else None
     return http.post(gw.url + "/v1/chat/completions", body, headers=headers, timeout=timeout)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of a /metrics answer (0 when the series does not exist yet)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def error_of(reply: http.Reply) -> dict[str, Any]:
@@ -189,6 +199,9 @@ def test_memory_budget_refuses_bodies_past_it(budget_gw: Proc, upstream: Proc) -
     grown = peak[0] - baseline
     assert grown < 1 << 30, f"the gateway grew {grown >> 20} MB for 20 x 30 MB bodies"
     assert chat(budget_gw, {"model": "openai/echo", "messages": USER}).status == 200  # budget given back
+    scraped = http.get(budget_gw.url + "/metrics").text
+    assert metric(scraped, "acore_refused_total", reason="memory_budget") >= len(busy)
+    assert metric(scraped, "acore_inflight_request_bytes") == 0  # every request gave its bytes back
     clear_records(upstream)
 
 
@@ -261,6 +274,7 @@ def test_slow_headers_get_408_while_normal_requests_work(slow_gw: Proc) -> None:
         assert data.startswith(b"HTTP/1.1 408"), data[:200]
         status, body = parse_answer(data)
         assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert metric(http.get(slow_gw.url + "/metrics").text, "acore_refused_total", reason="header_timeout") >= 30
 
 
 def test_connections_past_the_cap_are_refused_at_once(log_dir: Path, upstream: Proc) -> None:
@@ -290,7 +304,12 @@ def test_connections_past_the_cap_are_refused_at_once(log_dir: Path, upstream: P
         assert status == 503 and body["error"]["code"] == "too_many_connections"
         assert b"Retry-After: 1" in refused
         established.request("GET", "/health")  # the established client keeps working
-        assert established.getresponse().status == 200
+        again = established.getresponse()
+        assert again.status == 200 and again.read()
+        established.request("GET", "/metrics")  # and an operator sees the cap at work
+        scraped = established.getresponse().read().decode()
+        assert metric(scraped, "acore_refused_total", reason="max_connections") >= 1
+        assert metric(scraped, "acore_open_connections") == len(held) + 1
         established.close()
     finally:
         for sock in held:

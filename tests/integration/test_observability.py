@@ -287,6 +287,29 @@ def test_access_line_of_a_stream_has_its_tokens(obs_gw: Proc) -> None:
     assert entry["upstream_ms"] is not None and entry["client"] == "127.0.0.1"
 
 
+def test_openai_compatible_stream_counts_tokens_the_client_did_not_ask_for(obs_gw: Proc, fake_openai: Proc) -> None:
+    """The gateway asks the upstream for usage on every stream; the client gets exactly what it asked."""
+    before = scrape(obs_gw)
+    quiet, asked = rid(), rid()
+    plain = chat(obs_gw, "openai/echo", "count me", request_id=quiet, stream=True)
+    with_usage = chat(obs_gw, "openai/echo", "count me", request_id=asked, stream=True,
+                      stream_options={"include_usage": True})
+    assert plain.status == with_usage.status == 200
+    events = [json.loads(data) for data in plain.sse_data() if data != "[DONE]"]
+    assert events and all("usage" not in event and event["choices"] for event in events)
+    assert content_of(plain) == "echo: count me"
+    usage_chunks = [json.loads(d) for d in with_usage.sse_data() if d != "[DONE]" and not json.loads(d)["choices"]]
+    assert [chunk["usage"]["completion_tokens"] for chunk in usage_chunks] == [3]
+    for request_id in (quiet, asked):
+        entry = access_entry(obs_gw, request_id)
+        assert (entry["provider"], entry["tokens_in"], entry["tokens_out"]) == ("openai", 5, 3)
+    after = scrape(obs_gw)
+    assert delta(before, after, "acore_tokens_total", provider="openai", model="echo", kind="output") == 6
+    sent = [r["body"] for r in http.records(fake_openai)
+            if isinstance(r.get("body"), dict) and "count me" in json.dumps(r["body"].get("messages"))]
+    assert [body["stream_options"] for body in sent] == [{"include_usage": True}] * 2
+
+
 def test_server_timing_header(obs_gw: Proc) -> None:
     for reply in (chat(obs_gw, "openai/echo"), chat(obs_gw, "openai/echo", stream=True)):
         assert reply.status == 200

@@ -101,3 +101,25 @@ def test_config_is_immutable() -> None:
     config = GatewayConfig()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_endpoint_takes_the_gateway_log_flags(tmp_path: Path) -> None:
+    from gateway.cli import endpoint, gateway
+
+    flags = ["--log-format", "text", "--log-file", str(tmp_path / "access.log"), "--log-dir", str(tmp_path),
+             "--no-access-log", "--no-metrics", "--debug"]
+    for config in (endpoint.build_config(endpoint.parse_args(["--provider", "llamacpp", "--model", "m.gguf", *flags],
+                                                             env={}), env={}),
+                   gateway.build_config(gateway.parse_args(flags))):
+        assert (config.log_format, config.log_file, config.log_dir) == ("text", str(tmp_path / "access.log"),
+                                                                        str(tmp_path))
+        assert (config.access_log, config.metrics, config.debug) == (False, False, True)
+
+
+def test_stream_usage_per_provider(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[providers.vllm]\nbase_url = "http://127.0.0.1:9/v1"\nstream_usage = false\n')
+    config = load_config(config_file=str(path), env={})
+    assert config.provider_settings("vllm").stream_usage is False
+    assert config.provider_settings("vllm").base_url == "http://127.0.0.1:9/v1"
+    assert config.provider_settings("openai").stream_usage is None  # the preset decides
