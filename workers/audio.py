@@ -1,15 +1,18 @@
 """Audio on the worker side: uploaded files to samples, synthesised samples to a streamed WAV or PCM body.
 
-WAV (PCM 8/16/24/32-bit and float) is read here with no dependency; other containers (flac, ogg,
-mp3) need ``soundfile`` (libsndfile), used when it is installed. Speech leaves as it is made: a
-WAV header first (with the streaming "unknown length" sizes) then 16-bit samples, or raw 16-bit
-PCM at OpenAI's 24 kHz.
+WAV (PCM 8/16/24/32-bit and float) is read here with no dependency; flac, ogg (Vorbis, Opus) and
+mp3 are read with ``soundfile`` (its wheels carry libsndfile with LAME and mpg123: the media extra
+installs it). Speech leaves as it is made: a WAV header first (with the streaming "unknown length"
+sizes) then 16-bit samples; raw 16-bit PCM at OpenAI's 24 kHz; or mp3 and opus (in ogg) at 24 kHz,
+encoded by libsndfile block by block, each block's bytes sent once the encoder wrote them (flac is
+sent whole at the end: its header, written last, holds the length).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +80,18 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     except ImportError:
         raise _bad("this worker reads WAV files; other formats (flac, ogg, mp3) need the soundfile package") from None
     try:
-        audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as source:
+            # read to the end, not to the frame count the header states: a streamed flac or mp3 says
+            # "unknown" (or a placeholder) there
+            blocks = []
+            while len(block := source.read(65536, dtype="float32", always_2d=True)):
+                blocks.append(block)
+            rate = source.samplerate
     except Exception as exc:  # libsndfile's own errors: the file is not what it claims
         raise _bad(f"cannot decode the audio: {exc}") from None
-    return np.asarray(audio, dtype=np.float32).mean(axis=1), int(rate)
+    if not blocks:
+        return np.zeros(0, dtype=np.float32), int(rate)
+    return np.concatenate(blocks).mean(axis=1).astype(np.float32), int(rate)
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -108,19 +119,106 @@ def wav_header(rate: int, data_bytes: int | None = None, channels: int = 1, bits
             + b"data" + struct.pack("<I", size))
 
 
+# response_format -> (content type, libsndfile format and subtype; None: written here without it)
+SPEECH_ENCODINGS: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "wav": ("audio/wav", None),
+    "pcm": ("audio/pcm", None),
+    "mp3": ("audio/mpeg", ("MP3", "MPEG_LAYER_III")),
+    "opus": ("audio/ogg", ("OGG", "OPUS")),
+    "flac": ("audio/flac", ("FLAC", "PCM_16")),
+}
+
+
+class _Tap(io.RawIOBase):
+    """A seekable in-memory file for libsndfile's writer: ``take()`` returns what was appended since the
+    last take. What an encoder rewrites at close before that point (mp3's header frame) stays as it
+    was sent: mp3 is written at a constant bitrate so that its length needs no header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = io.BytesIO()
+        self._sent = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._buffer.write(data)
+
+    def readinto(self, target: Any) -> int:
+        return self._buffer.readinto(target)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._buffer.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._buffer.tell()
+
+    def whole(self) -> bytes:
+        return self._buffer.getvalue()
+
+    def take(self) -> bytes:
+        data = self._buffer.getbuffer()[self._sent:].tobytes()
+        self._sent += len(data)
+        return data
+
+
 class SpeechEncoder:
-    """Turns synthesised sample blocks into the response body's bytes as they come (wav or pcm)."""
+    """Turns synthesised sample blocks into the response body's bytes as they come."""
 
     def __init__(self, response_format: str) -> None:
-        if response_format not in ("wav", "pcm"):
-            raise WorkerError(ErrorCode.BAD_REQUEST, f"response_format {response_format} is not supported here: "
-                                                     "use wav or pcm", param="response_format")
+        encoding = SPEECH_ENCODINGS.get(response_format)
+        if encoding is None:
+            raise WorkerError(ErrorCode.BAD_REQUEST, f"response_format {response_format} is not made here: use "
+                                                     f"{', '.join(SPEECH_ENCODINGS)}", param="response_format")
         self.response_format = response_format
-        self.content_type = "audio/wav" if response_format == "wav" else "audio/pcm"
+        self.content_type, self._libsndfile = encoding
         self._started = False
-        # pcm is resampled to 24 kHz block by block: the input position carried over keeps blocks seamless
+        # pcm and the encoded formats are resampled to 24 kHz block by block: the input position
+        # carried over keeps blocks seamless
         self._carry = np.zeros(0, dtype=np.float32)
         self._offset = 0.0
+        self._tap: _Tap | None = None
+        self._file: Any = None
+        self._whole = False
+        if self._libsndfile is not None:
+            try:
+                import soundfile
+            except ImportError:
+                raise WorkerError(ErrorCode.BAD_REQUEST, f"response_format {response_format} needs the soundfile "
+                                                         "package on the worker (the media extra); wav and pcm "
+                                                         "need nothing", param="response_format") from None
+            container, subtype = self._libsndfile
+            self._tap = _Tap()
+            # mp3 at a constant bitrate: the header frame a streamed copy carries is the placeholder (its
+            # frame count is filled in at close), so decoders take the length from size and bitrate
+            self._file = soundfile.SoundFile(self._tap, mode="w", samplerate=PCM_RATE, channels=1,
+                                             format=container, subtype=subtype,
+                                             compression_level=0.5 if container == "MP3" else None,
+                                             bitrate_mode="CONSTANT" if container == "MP3" else None)
+            # flac goes out whole at the end: its header (total length) is written last, and libsndfile
+            # itself cannot read a flac whose header says "unknown" to its end
+            self._whole = container == "FLAC"
+
+    def finish(self) -> bytes:
+        """The encoder's last bytes (its buffered frames, the stream's end): sent after the last block."""
+        if self._file is None or self._tap is None:
+            return b""
+        self._file.close()
+        self._file = None
+        return self._tap.whole() if self._whole else self._tap.take()
+
+    def close(self) -> None:
+        """Give the encoder back without sending anything more (a cancelled or failed request)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def encode(self, block: np.ndarray, rate: int) -> bytes:
         samples = block.astype(np.float32) / 32768.0 if block.dtype == np.int16 else block.astype(np.float32)
@@ -131,7 +229,13 @@ class SpeechEncoder:
                 head = wav_header(rate)
         if self.response_format == "wav":
             return head + to_int16(samples)
-        return head + to_int16(self._resample_block(samples, rate))
+        resampled = self._resample_block(samples, rate)
+        if self._file is None or self._tap is None:
+            return head + to_int16(resampled)
+        self._file.write(resampled)
+        if self._whole:
+            return b""
+        return self._tap.take()  # what the encoder has made of it so far (mp3 frames wait for 1,152 samples)
 
     def _resample_block(self, samples: np.ndarray, rate: int) -> np.ndarray:
         if rate == PCM_RATE:

@@ -36,7 +36,13 @@ def serve_media(backend: Backend, message: Transcribe | Speak | GenerateImage, f
                 reply(MediaChunk(request_id=request_id, content_type=encoder.content_type),
                       encoder.encode(np.asarray(samples), rate))
 
-        backend.speak(message, emit, cancelled)
+        try:
+            backend.speak(message, emit, cancelled)
+            tail = b"" if cancelled() else encoder.finish()  # an encoder's buffered frames, a flac whole
+        finally:
+            encoder.close()
+        if tail:
+            reply(MediaChunk(request_id=request_id, content_type=encoder.content_type), tail)
         reply(Final(request_id=request_id, finish_reason=FinishReason.ABORTED if cancelled() else FinishReason.STOP))
     else:
         images = backend.generate_images(message, [bytes(frame) for frame in frames])

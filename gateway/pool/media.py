@@ -31,7 +31,7 @@ from protocol.messages import Final, GenerateImage, MediaChunk, Speak, Transcrib
 if TYPE_CHECKING:
     from gateway.pool.provider import LocalProvider
 
-LOCAL_SPEECH_FORMATS = ("wav", "pcm")
+LOCAL_SPEECH_FORMATS = ("mp3", "opus", "flac", "wav", "pcm")  # all of OpenAI's but aac (libsndfile has no AAC)
 # What each operation needs of a worker's Ready.capabilities.
 NEEDS = {MediaOperation.TRANSCRIPTION: "transcription", MediaOperation.TRANSLATION: "transcription",
          MediaOperation.SPEECH: "speech", MediaOperation.IMAGE_GENERATION: "image_generation",
@@ -64,8 +64,7 @@ def speak_message(call: MediaCall, request_id: str) -> Speak:
     fields = call.fields
     kind = fields.get("response_format")
     if kind is None:
-        kind = "wav"
-        call.notices.append("response_format mp3 (the default) is not made by local speech workers: sent wav")
+        kind = "mp3"  # OpenAI's default
     elif kind not in LOCAL_SPEECH_FORMATS:
         raise bad_request(f"response_format {kind} is not made by local speech workers: use "
                           f"{' or '.join(LOCAL_SPEECH_FORMATS)}.", param="response_format")

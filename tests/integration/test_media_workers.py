@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import soundfile
 from openai import BadRequestError, OpenAI
 
 from tests import http
@@ -85,15 +86,12 @@ def test_speech_streams_a_wav_as_it_is_synthesised(client: OpenAI) -> None:
     assert len(pieces) > 1  # it came in several pieces, not one blob
 
 
-def test_speech_pcm_default_format_and_errors(client: OpenAI, media_gw: Proc) -> None:
+def test_speech_pcm_and_errors(client: OpenAI, media_gw: Proc) -> None:
     pcm = client.audio.speech.create(model="tts/espeak-ng", voice="nova", input="Testing pcm output.",
                                      response_format="pcm", speed=1.5)
     assert len(pcm.content) > 24_000 * 2 // 4 and len(pcm.content) % 2 == 0  # 16-bit samples at 24 kHz
-    reply = http.post(media_gw.url + "/v1/audio/speech", {"model": "tts/espeak-ng", "input": "default format"})
-    assert reply.status == 200 and reply.raw[:4] == b"RIFF"
-    assert "sent wav" in reply.headers["x-acore-notice"]
     with pytest.raises(BadRequestError) as caught:
-        client.audio.speech.create(model="tts/espeak-ng", voice="alloy", input="x", response_format="mp3")
+        client.audio.speech.create(model="tts/espeak-ng", voice="alloy", input="x", response_format="aac")
     assert caught.value.body["param"] == "response_format"  # type: ignore[index]
     with pytest.raises(BadRequestError) as caught:
         client.audio.speech.create(model="tts/espeak-ng", voice="no-such-voice", input="x", response_format="wav")
@@ -105,6 +103,28 @@ def test_speech_pcm_default_format_and_errors(client: OpenAI, media_gw: Proc) ->
     assert chat.status == 400 and "audio-speech model" in chat.json()["error"]["message"]
     missing = http.post(media_gw.url + "/v1/audio/speech", {"model": "tts/nobody", "input": "hi"})
     assert missing.status == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_speech_default_is_mp3_and_every_openai_format_but_aac(client: OpenAI, media_gw: Proc) -> None:
+    reply = http.post(media_gw.url + "/v1/audio/speech", {"model": "tts/espeak-ng", "input": "default format"})
+    assert reply.status == 200 and reply.headers["content-type"] == "audio/mpeg"  # OpenAI's default
+    assert "x-acore-notice" not in reply.headers
+    audio, rate = soundfile.read(io.BytesIO(reply.raw))
+    assert rate == 24_000 and len(audio) > rate // 4
+    for kind, content_type, magic in (("opus", "audio/ogg", b"OggS"), ("flac", "audio/flac", b"fLaC")):
+        body = client.audio.speech.create(model="tts/espeak-ng", voice="alloy", input="Several formats.",
+                                          response_format=kind)  # type: ignore[arg-type]
+        assert body.response.headers["content-type"] == content_type and body.content[:4] == magic
+        assert soundfile.info(io.BytesIO(body.content)).samplerate == 24_000
+
+
+def test_mp3_speech_round_trip_into_whisper(client: OpenAI) -> None:
+    """The gateway's own mp3 goes back in as an upload: the worker decodes it with libsndfile."""
+    audio = client.audio.speech.create(model="tts/espeak-ng", voice="alloy", input="One two three four.").content
+    expected = soundfile.info(io.BytesIO(audio)).duration
+    result = client.audio.transcriptions.create(model="whisper/tiny-whisper", response_format="verbose_json",
+                                                file=("speech.mp3", audio, "audio/mpeg"))
+    assert result.duration == pytest.approx(expected, abs=0.1)
 
 
 @pytest.mark.parametrize("kind", ["json", "text", "srt", "vtt", "verbose_json"])

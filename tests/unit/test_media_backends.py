@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 
 from gateway.doors.files import DiskIndex, FileStore
 from gateway.doors.media import MediaBackends
@@ -78,7 +79,33 @@ def test_speech_encoder_wav_and_seamless_pcm() -> None:
     joined = np.frombuffer(out, dtype="<i2").astype(float)
     assert np.abs(np.diff(joined)).max() < 1500  # no clicks at block edges (a 440 Hz tone at this amplitude)
     with pytest.raises(WorkerError):
-        SpeechEncoder("mp3")
+        SpeechEncoder("aac")  # libsndfile has no AAC encoder
+
+
+@pytest.mark.parametrize(("kind", "streams"), [("mp3", True), ("opus", True), ("flac", False)])
+def test_speech_encoder_compressed_formats_decode_back(kind: str, streams: bool) -> None:
+    """What the worker streams, concatenated as a client receives it, is a file libsndfile reads back whole."""
+    encoder = SpeechEncoder(kind)
+    tone = (np.sin(np.arange(22050 * 2) * 2 * np.pi * 440 / 22050) * 0.3).astype(np.float32)
+    pieces = [encoder.encode(block, 22050) for block in np.array_split(tone, 40)]
+    tail = encoder.finish()
+    assert any(pieces) is streams  # mp3 and opus leave as they are encoded, flac whole at the end
+    audio, rate = decode_audio(b"".join(pieces) + tail)
+    assert rate == PCM_RATE
+    assert len(audio) / rate == pytest.approx(2.0, abs=0.15)  # mp3 adds its encoder delay and padding
+    level = float(np.sqrt(np.mean(audio[rate // 2: rate] ** 2)))
+    assert level == pytest.approx(0.3 / np.sqrt(2), rel=0.15)  # the tone, not silence or noise
+    encoder.close()  # after finish: nothing left to give back
+
+
+def test_decode_reads_compressed_uploads_to_the_end() -> None:
+    for container, subtype in (("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")):
+        out = io.BytesIO()
+        soundfile.write(out, np.full(16000, 0.25, dtype=np.float32), 16000, format=container, subtype=subtype)
+        audio, rate = decode_audio(out.getvalue())
+        assert rate == 16000 and len(audio) / rate == pytest.approx(1.0, abs=0.1), container
+    with pytest.raises(WorkerError):
+        decode_audio(b"fLaC" + b"\x00" * 100)
 
 
 def test_sniffing_by_bytes() -> None:
