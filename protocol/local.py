@@ -82,6 +82,8 @@ def default_name(provider: str, model: str) -> str:
         return Path(model).stem
     if engine == "transformers":
         return Path(model.rstrip("/")).name or model
+    if engine in MEDIA_ENGINES and model.endswith(".onnx"):  # a Piper voice file
+        return Path(model).stem
     if engine == "mlx" or (engine in MEDIA_ENGINES and Path(model).is_dir()):
         return Path(model.rstrip("/")).name or model
     return model

@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--provider", required=True, choices=choices,
                         help="model engine; huggingface = llamacpp for a GGUF, sentence-transformers for an "
                              "embeddings model, else transformers; media: whisper (speech-to-text), tts "
-                             "(--model espeak-ng), diffusers (images)")
+                             "(--model espeak-ng, or a Piper voice: --model VOICE.onnx), diffusers (images)")
     parser.add_argument("--model", required=True, metavar="PATH_OR_HUB_ID",
                         help="GGUF file, model directory, or Hugging Face Hub id (ORG/REPO; for llama.cpp "
                              "ORG/REPO:QUANT or ORG/REPO/FILE.gguf), downloaded into the Hub cache")

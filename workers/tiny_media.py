@@ -5,6 +5,10 @@
 d_model 64) with a real WhisperProcessor: the feature extractor and a byte-level BPE tokenizer
 (256 byte symbols plus Whisper's special tokens), saved with save_pretrained, so the worker loads
 it exactly as it loads a downloaded checkpoint. Its transcripts are gibberish; the plumbing is real.
+``write_tiny_piper_voice(dir)``: a Piper voice, ``tiny-voice.onnx`` and its ``.onnx.json``, with Piper's
+own inputs and output (phoneme ids, their lengths, the noise/length/width scales -> audio): each
+phoneme id looks up 64 random samples and the length scale stretches the result, so ``speed`` is
+heard in the length; the config carries Piper's English phoneme map and eSpeak voice.
 """
 
 from __future__ import annotations
@@ -112,3 +116,50 @@ def write_tiny_diffusers(directory: Path, seed: int = 0) -> Path:
         path.unlink()
     scratch.rmdir()
     return directory
+
+
+TINY_VOICE_HOP = 64  # audio samples per phoneme id at length_scale 1
+
+
+def write_tiny_piper_voice(directory: Path, seed: int = 0, speakers: tuple[str, ...] = ()) -> Path:
+    """Write the voice into ``directory`` (created) and return its .onnx file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP
+
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = 1 + max(i for ids in DEFAULT_PHONEME_ID_MAP.values() for i in ids)
+    table = np.random.default_rng(seed).normal(0.0, 0.5, (symbols, TINY_VOICE_HOP)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "input"], ["per_phoneme"]),  # [1, N, hop]
+        helper.make_node("Reshape", ["per_phoneme", "flat_shape"], ["flat"]),  # [1, 1, N * hop]
+        helper.make_node("Tanh", ["flat"], ["wave"]),
+        helper.make_node("Slice", ["scales", "one", "two"], ["length_scale"]),
+        helper.make_node("Concat", ["unit_scales", "length_scale"], ["resize_scales"], axis=0),
+        helper.make_node("Resize", ["wave", "", "resize_scales"], ["output"], mode="linear"),
+    ]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.INT64, [1, "phonemes"]),
+              helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+              helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3])]
+    if speakers:  # a multi-speaker voice takes sid (unused by this tiny one)
+        inputs.append(helper.make_tensor_value_info("sid", TensorProto.INT64, [1]))
+    initializers = [numpy_helper.from_array(table, "table"),
+                    numpy_helper.from_array(np.array([1, 1, -1], dtype=np.int64), "flat_shape"),
+                    numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+                    numpy_helper.from_array(np.array([2], dtype=np.int64), "two"),
+                    numpy_helper.from_array(np.array([1.0, 1.0], dtype=np.float32), "unit_scales")]
+    graph = helper.make_graph(nodes, "tiny-voice", inputs,
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, "samples"])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="acore-tiny")
+    onnx.checker.check_model(model)
+    voice = directory / "tiny-voice.onnx"
+    onnx.save(model, str(voice))
+    config = {"audio": {"sample_rate": 16000}, "espeak": {"voice": "en-us"}, "phoneme_type": "espeak",
+              "num_symbols": symbols, "num_speakers": max(1, len(speakers)),
+              "speaker_id_map": {name: index for index, name in enumerate(speakers)},
+              "inference": {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8},
+              "phoneme_id_map": DEFAULT_PHONEME_ID_MAP, "piper_version": "1.0.0"}
+    (directory / "tiny-voice.onnx.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    return voice

@@ -1,4 +1,5 @@
-"""Text-to-speech worker (``acore-worker --provider tts --model espeak-ng``, listed as ``tts/espeak-ng``).
+"""Text-to-speech worker (``acore-worker --provider tts --model espeak-ng``, listed as ``tts/espeak-ng``;
+``--model VOICE.onnx``: a Piper voice, workers/piper_voice.py).
 
 The model-free default is eSpeak NG through its C library (the ``espeakng-loader`` wheel ships
 libespeak-ng and its data; no system package needed), called with ctypes in synchronous mode:
@@ -18,6 +19,7 @@ import numpy as np
 
 from protocol.messages import Capabilities, ErrorCode, Speak
 from workers.backend import Backend, BackendInfo, Cancelled, EmitAudio, ModelLoadError, WorkerError
+from workers.piper_voice import PiperSpeaker, piper_voice_file
 
 log = logging.getLogger("acore.worker.tts")
 
@@ -57,9 +59,14 @@ class TTSBackend(Backend):
 
     def __init__(self, model: str, name: str, options: dict[str, Any]) -> None:
         super().__init__(model, name, options)
+        self._piper: PiperSpeaker | None = None
         if model not in ENGINES:
-            raise ModelLoadError(f"tts model {model!r} is not available: this worker speaks with "
-                                 f"{', '.join(ENGINES)} (acore-worker --provider tts --model espeak-ng)")
+            voice_file = piper_voice_file(model)
+            if voice_file is None:
+                raise ModelLoadError(f"tts model {model!r} is not available: this worker speaks with "
+                                     f"{', '.join(ENGINES)} (--model espeak-ng) or a Piper voice (--model "
+                                     "VOICE.onnx, with VOICE.onnx.json beside it)")
+            self._piper = PiperSpeaker(voice_file, frozenset(OPENAI_VOICES))
         self._lib: Any = None
         self.sample_rate = 0
         self._sink: EmitAudio | None = None
@@ -67,6 +74,10 @@ class TTSBackend(Backend):
         self._callback = _Callback(self._on_audio)  # kept referenced for as long as the library may call it
 
     def load(self) -> None:
+        if self._piper is not None:
+            threads = self.options.get("threads")
+            self._piper.load(int(threads) if threads else None)
+            return
         if self._lib is not None:
             return
         lib, data_path = _load_library()
@@ -77,10 +88,14 @@ class TTSBackend(Backend):
         lib.espeak_SetSynthCallback(self._callback)
         self._lib, self.sample_rate = lib, int(rate)
 
-    # The library stays loaded (it is small and global to the process): unload keeps it.
+    # The eSpeak library stays loaded (it is small and global to the process): unload keeps it.
+    def unload(self) -> None:
+        if self._piper is not None:
+            self._piper.unload()
+
     @property
     def loaded(self) -> bool:
-        return self._lib is not None
+        return self._piper.loaded if self._piper is not None else self._lib is not None
 
     def info(self) -> BackendInfo:
         return BackendInfo(capabilities=Capabilities(speech=True))
@@ -93,6 +108,9 @@ class TTSBackend(Backend):
         return 0
 
     def speak(self, request: Speak, emit: EmitAudio, cancelled: Cancelled) -> None:
+        if self._piper is not None:
+            self._piper.speak(request, emit, cancelled)
+            return
         lib = self._lib
         voice = OPENAI_VOICES.get((request.voice or "").lower(), request.voice or DEFAULT_VOICE)
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:

@@ -19,7 +19,7 @@ from tests import http
 from tests.media_files import png_bytes, wav_bytes
 from tests.procs import Proc, start_gateway
 
-WANTED = {"tts/espeak-ng", "whisper/tiny-whisper", "diffusers/tiny-sd"}
+WANTED = {"tts/espeak-ng", "tts/tiny-voice", "whisper/tiny-whisper", "diffusers/tiny-sd"}
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,16 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def media_gw(log_dir: Path, fake_openai: Proc, media_root: Path,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    from workers.tiny_media import write_tiny_diffusers, write_tiny_whisper
+    from workers.tiny_media import write_tiny_diffusers, write_tiny_piper_voice, write_tiny_whisper
 
     models = tmp_path_factory.mktemp("models")
+    voice = write_tiny_piper_voice(models / "piper", speakers=("amy", "bob"))
     whisper = write_tiny_whisper(models / "tiny-whisper")
     diffusers = write_tiny_diffusers(models / "tiny-sd")
     env = {"OPENAI_BASE_URL": fake_openai.url + "/v1", "OPENAI_API_KEY": "sk-test-server-key-123456",
            "ACORE_MEDIA_ROOTS": str(media_root), "ACORE_AUDIO_STRATEGY": "stt"}
-    proc = start_gateway(log_dir, env, extra_args=["--worker", "tts:espeak-ng", "--worker", f"whisper:{whisper}",
+    proc = start_gateway(log_dir, env, extra_args=["--worker", "tts:espeak-ng", "--worker", f"tts:{voice}",
+                                                   "--worker", f"whisper:{whisper}",
                                                        "--worker", f"diffusers:{diffusers}"])
     try:
         deadline = time.monotonic() + 120
@@ -66,7 +68,7 @@ def test_models_listed_with_their_types(media_gw: Proc) -> None:
     assert models["tts/espeak-ng"] == "audio-speech"
     assert models["whisper/tiny-whisper"] == "audio-transcription"
     only = http.get_json(media_gw.url + "/v1/models?type=audio-speech")["data"]
-    assert [m["id"] for m in only] == ["tts/espeak-ng"]
+    assert sorted(m["id"] for m in only) == ["tts/espeak-ng", "tts/tiny-voice"]
     assert models["diffusers/tiny-sd"] == "image-generation"
 
 
@@ -116,6 +118,29 @@ def test_speech_default_is_mp3_and_every_openai_format_but_aac(client: OpenAI, m
                                           response_format=kind)  # type: ignore[arg-type]
         assert body.response.headers["content-type"] == content_type and body.content[:4] == magic
         assert soundfile.info(io.BytesIO(body.content)).samplerate == 24_000
+
+
+def test_piper_voice_speaks_sentence_by_sentence(client: OpenAI) -> None:
+    """A Piper voice (tiny, random, built in the test) behind tts/: each sentence leaves when it is made,
+    speed is Piper's length scale, and a multi-speaker voice takes its speaker names."""
+    from workers.tiny_media import TINY_VOICE_HOP
+
+    text = "First sentence here. And a second one follows. Then a third."
+    with client.audio.speech.with_streaming_response.create(model="tts/tiny-voice", voice="alloy", input=text,
+                                                            response_format="pcm") as response:
+        assert response.headers["content-type"] == "audio/pcm"
+        pieces = [piece for piece in response.iter_bytes() if piece]
+    assert len(pieces) >= 2  # not one blob at the end
+    normal = sum(len(piece) for piece in pieces) // 2  # 16-bit samples at 24 kHz
+    fast = len(client.audio.speech.create(model="tts/tiny-voice", voice="alloy", input=text, speed=2.0,
+                                          response_format="pcm").content) // 2
+    assert fast == pytest.approx(normal / 2, rel=0.05)
+    assert normal > 10 * TINY_VOICE_HOP * 24_000 // 16_000  # every phoneme made samples
+    spoken = client.audio.speech.create(model="tts/tiny-voice", voice="bob", input="Hello.")  # mp3, the default
+    assert soundfile.info(io.BytesIO(spoken.content)).samplerate == 24_000
+    with pytest.raises(BadRequestError) as caught:
+        client.audio.speech.create(model="tts/tiny-voice", voice="zed", input="x", response_format="wav")
+    assert caught.value.body["param"] == "voice" and "amy, bob" in caught.value.body["message"]  # type: ignore[index]
 
 
 def test_mp3_speech_round_trip_into_whisper(client: OpenAI) -> None:

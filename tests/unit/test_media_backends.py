@@ -192,3 +192,31 @@ def test_upstream_model_ids_listed_by_type() -> None:
     assert model_type_of("tts-1-hd") is ModelType.AUDIO_SPEECH
     assert model_type_of("dall-e-3") is ModelType.IMAGE_GENERATION and model_type_of("gpt-image-1") is ModelType.IMAGE_GENERATION
     assert model_type_of("text-embedding-3-small") is ModelType.EMBEDDING and model_type_of("gpt-4o") is ModelType.TEXT
+
+
+def test_piper_voice_files_and_load_errors(tmp_path: Path) -> None:
+    from protocol.local import default_name
+    from workers.backend import ModelLoadError
+    from workers.piper_voice import piper_voice_file
+    from workers.tiny_media import write_tiny_piper_voice
+
+    voice = write_tiny_piper_voice(tmp_path / "voice")
+    assert piper_voice_file(str(tmp_path / "voice")) == voice  # a directory holding one voice
+    assert piper_voice_file("espeak-ng") is None
+    assert default_name("tts", str(voice)) == "tiny-voice"
+    backend = TTSBackend(str(voice), "tiny-voice", {"threads": 1})
+    backend.load()
+    assert backend.loaded
+    backend.unload()
+    assert not backend.loaded
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes(voice.read_bytes())  # no lonely.onnx.json beside it
+    with pytest.raises(ModelLoadError, match=r"lonely\.onnx\.json"):
+        TTSBackend(str(lonely), "lonely", {}).load()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    (tmp_path / "broken.onnx.json").write_text((tmp_path / "voice" / "tiny-voice.onnx.json").read_text())
+    with pytest.raises(ModelLoadError, match="cannot load Piper voice"):
+        TTSBackend(str(broken), "broken", {}).load()
+    with pytest.raises(ModelLoadError, match="Piper voice"):
+        TTSBackend("no-such-engine", "x", {})
