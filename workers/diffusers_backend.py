@@ -1,9 +1,11 @@
 """Image worker (``acore-worker --provider diffusers --model DIR``, listed as ``diffusers/<name>``).
 
 A diffusers pipeline from a local directory (``DiffusionPipeline.from_pretrained``, strictly
-offline), loaded once. Generations run the text-to-image pipeline; edits (an input image, no mask)
-run its image-to-image twin built from the same components (no second copy of the weights). A
-mask needs an inpainting checkpoint, which this worker does not pick: it answers 400 for one.
+offline), loaded once. Generations run the text-to-image pipeline; edits run its twins built from
+the same components (no second copy of the weights): an image alone, image-to-image; an image and
+a mask, inpainting. The mask is OpenAI's: a PNG of the image's size whose fully transparent pixels
+mark what to repaint. Every other pixel of the answer is the input's own (pasted back after
+decoding, as inpainting front-ends do: the VAE's round trip alone would alter them slightly).
 Images leave as PNG bytes.
 """
 
@@ -29,6 +31,7 @@ class DiffusersBackend(Backend):
         super().__init__(model, name, options)
         self._pipeline: Any = None
         self._edit: Any = None
+        self._inpaint: Any = None
         self._torch: Any = None
 
     def load(self) -> None:
@@ -38,7 +41,7 @@ class DiffusersBackend(Backend):
             raise ModelLoadError(f"{self.model} is not a diffusers pipeline directory (no model_index.json)")
         try:
             import torch
-            from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
         except ImportError as exc:
             raise ModelLoadError(f"the diffusers worker needs torch and diffusers: {exc}") from None
         threads = self.options.get("threads")
@@ -49,15 +52,12 @@ class DiffusersBackend(Backend):
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load a diffusers pipeline from {directory}: {exc}") from None
         self._pipeline.set_progress_bar_config(disable=True)
-        try:  # the same components, as image-to-image (edits)
-            self._edit = AutoPipelineForImage2Image.from_pipe(self._pipeline)
-            self._edit.set_progress_bar_config(disable=True)
-        except (ValueError, TypeError, AttributeError):
-            self._edit = None
+        self._edit = _twin(AutoPipelineForImage2Image, self._pipeline)  # edits of a whole image
+        self._inpaint = _twin(AutoPipelineForInpainting, self._pipeline)  # edits with a mask
         self._torch = torch
 
     def unload(self) -> None:
-        self._pipeline = self._edit = None
+        self._pipeline = self._edit = self._inpaint = None
         gc.collect()
 
     @property
@@ -80,18 +80,23 @@ class DiffusersBackend(Backend):
         if request.seed is not None:
             kwargs["generator"] = self._torch.Generator().manual_seed(request.seed)
         pipeline = self._pipeline
+        keep: tuple[Any, Any] | None = None  # (the input image, the repaint mask) to paste the rest back
         if request.edit:
-            if request.has_mask:
-                raise WorkerError(ErrorCode.BAD_REQUEST, f"diffusers model {self.name} edits whole images; a mask "
-                                                         "needs an inpainting model", param="mask")
-            if self._edit is None:
-                raise WorkerError(ErrorCode.NOT_SUPPORTED, f"diffusers model {self.name} cannot edit images",
-                                  param="image")
+            pipeline = self._inpaint if request.has_mask else self._edit
+            if pipeline is None:
+                raise WorkerError(ErrorCode.NOT_SUPPORTED, f"diffusers model {self.name} cannot edit images"
+                                  f"{' with a mask' if request.has_mask else ''}",
+                                  param="mask" if request.has_mask else "image")
             from PIL import Image
 
-            image = Image.open(io.BytesIO(inputs[0]), formats=["PNG", "JPEG", "WEBP"]).convert("RGB")
-            kwargs["image"] = image.resize((request.width or image.width, request.height or image.height))
-            pipeline = self._edit
+            original = Image.open(io.BytesIO(inputs[0]), formats=["PNG", "JPEG", "WEBP"]).convert("RGB")
+            size = (request.width or original.width, request.height or original.height)
+            image = original.resize(size)
+            kwargs["image"] = image
+            if request.has_mask:
+                repaint = _repaint_mask(inputs[1], original.size).resize(size)
+                kwargs.update(mask_image=repaint, width=size[0], height=size[1])
+                keep = image, repaint
         else:
             if request.width:
                 kwargs["width"] = request.width
@@ -104,7 +109,41 @@ class DiffusersBackend(Backend):
             raise WorkerError(ErrorCode.BAD_REQUEST, f"the pipeline refused the request: {exc}") from None
         out = []
         for image in images:
+            if keep is not None:
+                from PIL import Image
+
+                image = Image.composite(image.convert("RGB").resize(keep[0].size), keep[0], keep[1])
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             out.append(buffer.getvalue())
         return out
+
+
+def _twin(kind: Any, pipeline: Any) -> Any:
+    """The pipeline's image-to-image or inpainting twin over the same components, or None when its
+    family has none."""
+    try:
+        twin = kind.from_pipe(pipeline)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    twin.set_progress_bar_config(disable=True)
+    return twin
+
+
+def _repaint_mask(data: bytes, size: tuple[int, int]) -> Any:
+    """OpenAI's mask (fully transparent = edit here) as diffusers' (white = repaint, black = keep)."""
+    from PIL import Image
+
+    try:
+        mask = Image.open(io.BytesIO(data), formats=["PNG"])
+        mask.load()
+    except (OSError, ValueError):
+        raise WorkerError(ErrorCode.BAD_REQUEST, "the mask must be a PNG image", param="mask") from None
+    if mask.size != size:
+        raise WorkerError(ErrorCode.BAD_REQUEST, f"the mask is {mask.size[0]}x{mask.size[1]} and the image "
+                                                 f"{size[0]}x{size[1]}: they must be the same size", param="mask")
+    if "A" not in mask.getbands() and "transparency" not in mask.info:
+        raise WorkerError(ErrorCode.BAD_REQUEST, "the mask has no alpha channel: its fully transparent pixels "
+                                                 "mark what to edit", param="mask")
+    alpha = mask.convert("RGBA").getchannel("A")
+    return alpha.point(lambda value: 255 if value == 0 else 0)

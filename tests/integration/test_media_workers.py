@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile
@@ -199,6 +200,36 @@ def test_audio_in_chat_is_transcribed_by_the_worker(media_gw: Proc, fake_openai:
     assert not any(p.get("type") == "input_audio" for p in sent["messages"][-1]["content"])
 
 
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_masked_edit_repaints_only_the_transparent_pixels(client: OpenAI) -> None:
+    """OpenAI's mask: fully transparent pixels are repainted (the inpainting twin of the pipeline), every
+    other pixel of the answer is the input's own."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.random.default_rng(3).random((16, 16, 3)) * 255).astype("uint8")
+    alpha = np.full((16, 16), 255, dtype="uint8")
+    alpha[:, 8:] = 0  # repaint the right half
+    mask = Image.fromarray(np.dstack([np.zeros((16, 16, 3), dtype="uint8"), alpha]), "RGBA")
+    edited = client.images.edit(model="diffusers/tiny-sd", prompt="a blue sky", n=1, size="16x16",
+                                image=("in.png", _png(Image.fromarray(pixels)), "image/png"),
+                                mask=("mask.png", _png(mask), "image/png"), extra_body={"num_inference_steps": 2})
+    result = np.asarray(Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json or ""))).convert("RGB"))
+    assert result.shape == (16, 16, 3)
+    assert (result[:, :8] == pixels[:, :8]).all()  # kept exactly
+    assert (result[:, 8:] != pixels[:, 8:]).any()  # repainted
+    with pytest.raises(BadRequestError) as caught:
+        client.images.edit(model="diffusers/tiny-sd", prompt="x", image=("in.png", _png(Image.fromarray(pixels)),
+                                                                         "image/png"),
+                           mask=("m.png", _png(mask.resize((8, 8))), "image/png"))
+    assert caught.value.body["param"] == "mask" and "same size" in caught.value.body["message"]  # type: ignore[index]
+
+
 def test_images_on_the_diffusers_worker(client: OpenAI, media_gw: Proc) -> None:
     from PIL import Image
 
@@ -210,10 +241,10 @@ def test_images_on_the_diffusers_worker(client: OpenAI, media_gw: Proc) -> None:
     edited = client.images.edit(model="diffusers/tiny-sd", prompt="bluer", image=("in.png", png_bytes(16, 16), "image/png"),
                                 extra_body={"num_inference_steps": 2})
     assert Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json or ""))).format == "PNG"
-    with pytest.raises(BadRequestError) as caught:
+    with pytest.raises(BadRequestError) as caught:  # a mask without transparency marks nothing
         client.images.edit(model="diffusers/tiny-sd", prompt="x", image=("in.png", png_bytes(16, 16), "image/png"),
                            mask=("m.png", png_bytes(16, 16), "image/png"))
-    assert caught.value.body["param"] == "mask"  # type: ignore[index]
+    assert caught.value.body["param"] == "mask" and "alpha" in caught.value.body["message"]  # type: ignore[index]
     reply = http.post(media_gw.url + "/v1/images/generations", {"model": "diffusers/tiny-sd", "prompt": "p",
                                                                  "response_format": "url"})
     assert reply.status == 400 and reply.json()["error"]["param"] == "response_format"
