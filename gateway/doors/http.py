@@ -192,13 +192,26 @@ async def _next_flushing(events: AsyncIterator[Any], writer: SSEWriter) -> Any:
     return await _Resume(step, waiting)
 
 
+CLOSE_WAIT_S = 2.0  # how long a request being cancelled waits for its event source to close
+
+
 async def _close(events: AsyncIterator[Any]) -> None:
+    """Close the event source, also when the request is being cancelled (the client is gone): the close
+    runs to its end first (the upstream released, a worker told to Abort, the tokens made so far
+    noted), so the request's access line and /metrics see it; the cancellation goes on after."""
     aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        try:
-            await asyncio.shield(aclose())
-        except Exception:
-            pass
+    if aclose is None:
+        return
+    closing = asyncio.ensure_future(aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await asyncio.wait((closing,), timeout=CLOSE_WAIT_S)
+        if closing.done() and not closing.cancelled():
+            closing.exception()  # retrieved: a failing close is not this request's error
+        raise
+    except Exception:
+        pass
 
 
 async def _safe(awaitable: Any) -> None:

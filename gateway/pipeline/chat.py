@@ -220,11 +220,12 @@ async def _stream_one(app: web.Application, call: ChatCall) -> AsyncGenerator[di
             stats.set_usage(usage or call.usage)
         except GatewayError as exc:
             note_upstream_error(exc)
-            if stats is not None:
-                stats.set_usage(call.usage)  # tokens the provider reported before it failed, if any
             raise
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
+            if stats is not None and stats.input_tokens is None and stats.output_tokens is None:
+                # failed, or left by the client: the tokens the provider reported before that, if any
+                stats.set_usage(call.usage)
 
 
 def _has_token(chunk: dict[str, Any]) -> bool:

@@ -205,6 +205,7 @@ class LocalProvider:
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
         replies = self._replies(call)
+        generated = 0  # tokens the worker reported so far: the usage of a stream the client leaves early
         try:
             first = True
             async for batch in replies:
@@ -213,7 +214,10 @@ class LocalProvider:
                     first = False
                     yield chunk({"role": "assistant", "content": ""})
                 # Tokens that arrived together go out as one event: one SSE frame, not one per token.
-                delta = _merged_delta([m for m in batch if isinstance(m, Chunk)])
+                pieces = [m for m in batch if isinstance(m, Chunk)]
+                for piece in pieces:
+                    generated += piece.n_tokens
+                delta = _merged_delta(pieces)
                 if delta:
                     yield chunk(delta)
                 final = batch[-1]
@@ -229,6 +233,8 @@ class LocalProvider:
                                "usage": usage_json(final.usage)}
         finally:
             await replies.aclose()  # type: ignore[attr-defined]
+            if call.usage is None and generated:  # no Final: the output so far (the prompt's count is the worker's)
+                call.usage = {"completion_tokens": generated}
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         return self._chunks(call, call.include_usage)

@@ -287,6 +287,32 @@ def test_access_line_of_a_stream_has_its_tokens(obs_gw: Proc) -> None:
     assert entry["upstream_ms"] is not None and entry["client"] == "127.0.0.1"
 
 
+def test_a_stream_the_client_leaves_counts_the_tokens_made_so_far(obs_gw: Proc) -> None:
+    """The worker's own token counts arrive with its chunks: a stream cut short by the client still
+    shows what it cost (output tokens; the prompt's count comes only with the worker's Final)."""
+    before = scrape(obs_gw)
+    request_id = rid()
+    from openai import OpenAI
+
+    client = OpenAI(base_url=obs_gw.url + "/v1", api_key=GATEWAY_KEY, max_retries=0)
+    stream = client.chat.completions.create(model="llamacpp/obs", stream=True, max_tokens=5000,
+                                            messages=[{"role": "user", "content": "go on"}],
+                                            extra_headers={"x-request-id": request_id})
+    seen = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen += 1
+            if seen == 5:
+                break
+    stream.close()  # the client hangs up mid-stream
+    entry = access_entry(obs_gw, request_id)
+    assert entry["stream"] is True and entry["tokens_in"] is None
+    assert 5 <= entry["tokens_out"] < 5000
+    after = scrape(obs_gw)
+    counted = delta(before, after, "acore_tokens_total", provider="llamacpp", model="obs", kind="output")
+    assert counted == entry["tokens_out"]
+
+
 def test_openai_compatible_stream_counts_tokens_the_client_did_not_ask_for(obs_gw: Proc, fake_openai: Proc) -> None:
     """The gateway asks the upstream for usage on every stream; the client gets exactly what it asked."""
     before = scrape(obs_gw)
