@@ -64,6 +64,19 @@ class GenerationResult:
 
 
 @dataclass(slots=True)
+class GenerationJob:
+    """One Generate of a batch (``Backend.generate_batch``): its own output, abort check and answer.
+
+    ``reply`` takes the request's result, or the WorkerError that failed it alone, once, as soon as
+    that request ends (a short answer is not held until the batch's longest one ends)."""
+
+    request: Generate
+    emit: Emit
+    cancelled: Cancelled
+    reply: Callable[[GenerationResult | Exception], None]
+
+
+@dataclass(slots=True)
 class EmbedOutcome:
     """One Embed request's result: vectors (count, dims) float32 and per-input token counts, or an error."""
 
@@ -81,6 +94,8 @@ class BackendInfo:
     max_concurrency: int = 1
     embedding_dimensions: int = 0
     aliases: tuple[str, ...] = ()
+    # Most Generate requests the loop hands to generate_batch at once; 1: one generate() at a time.
+    max_batch: int = 1
 
 
 class Backend(abc.ABC):
@@ -110,6 +125,18 @@ class Backend(abc.ABC):
 
     def generate(self, request: Generate, emit: Emit, cancelled: Cancelled) -> GenerationResult:
         raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot chat")
+
+    def generate_batch(self, jobs: list[GenerationJob]) -> None:
+        """Several Generate requests decoded together, each answered through its job's ``reply``. The
+        loop calls it only when ``info().max_batch`` > 1, with the requests already waiting; this
+        default serves them one after another."""
+        for job in jobs:
+            try:
+                result = self.generate(job.request, job.emit, job.cancelled)
+            except WorkerError as exc:
+                job.reply(exc)
+            else:
+                job.reply(result)
 
     def embed(self, batch: list[Embed]) -> list[EmbedOutcome]:
         raise WorkerError(ErrorCode.NOT_SUPPORTED, f"{self.provider} model {self.name} cannot embed")

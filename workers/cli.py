@@ -40,6 +40,8 @@ TEST_BACKENDS = {"echo": "tests.fakes.echo_backend:EchoBackend"}
 
 log = logging.getLogger("acore.worker")
 
+EMBED_MAX_BATCH = 64  # --max-batch's default for embeddings (a chat backend has its own default)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     test_backends = os.environ.get(TEST_BACKENDS_ENV) == "1"
@@ -75,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--key", metavar="FILE", default=os.environ.get("ACORE_WORKER_KEY"),
                         help="this worker's secret key file (NAME.key_secret, from `acore-worker keygen`); "
                              "also ACORE_WORKER_KEY")
-    parser.add_argument("--max-batch", type=int, default=64, help="most embedding inputs per batch (default 64)")
+    parser.add_argument("--max-batch", type=int, metavar="N",
+                        help="most embedding inputs per batch (default 64); for a transformers chat model, most "
+                             "requests decoded together and sent to the worker at once (default 8)")
     parser.add_argument("--batch-wait-ms", type=float, default=3.0,
                         help="how long to wait for more embedding requests to batch (default 3 ms)")
     return parser.parse_args(argv)
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         options["prompt_cache_ttl_s"] = args.prompt_cache_ttl_s
     if args.tool_parser:
         options["tool_parser"] = args.tool_parser
+    if args.max_batch is not None:
+        options["max_batch"] = args.max_batch  # a backend that batches chats reads it (default its own)
     supervisor = os.environ.get(SUPERVISOR_ENV)
     parent_pid = int(supervisor) if supervisor and supervisor.isdigit() else None
     if parent_pid is not None:
@@ -180,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from workers.loop import WorkerLoop, install_signal_handlers
 
-    loop = WorkerLoop(backend, endpoints, worker_id, max_batch=args.max_batch,
+    embed_batch = EMBED_MAX_BATCH if args.max_batch is None else args.max_batch
+    loop = WorkerLoop(backend, endpoints, worker_id, max_batch=embed_batch,
                       batch_wait_ms=args.batch_wait_ms, parent_pid=parent_pid, curve=keys)
     install_signal_handlers(loop)
     log.info("worker %s serving %s model %s on %s", worker_id, backend.provider, name, ", ".join(endpoints))

@@ -9,6 +9,11 @@ Heartbeats and aborts therefore keep flowing while a generation runs.
 Streamed output is coalesced: ``emit`` appends to a per-request buffer and
 only schedules a flush when none is pending, so tokens produced while the IO
 thread is still busy sending the previous frame ride in the next one.
+
+Batching: Embed requests arriving within a short window go to the backend together. A backend
+that can decode several chats at once (``BackendInfo.max_batch`` > 1) gets, with a Generate,
+the Generate requests already waiting behind it (never a wait for more); each keeps its own
+stream, abort and reply.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from protocol.messages import (
     Unload,
     Usage,
 )
-from workers.backend import Backend, Delta, WorkerError
+from workers.backend import Backend, Delta, GenerationJob, GenerationResult, WorkerError
 from workers.media_serving import MEDIA_REQUESTS, serve_media
 from workers.outbox import Outbox
 from workers.sockets import HandshakeWatch, connect_dealer
@@ -108,7 +113,8 @@ class WorkerLoop:
         self._outbox = Outbox()
         self._dialled: list[str] = []  # endpoint of each socket, by index
         self._to_dial: list[str] = []  # advertised by a gateway (Fronts), not dialled yet
-        self._active = 0
+        self._active = 0  # requests the model thread is serving now (a batch counts each)
+        self._chat_batch = max(1, backend.info().max_batch)  # most Generates decoded together
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._pipe_addr = f"inproc://acore-worker-pipe-{id(self)}"
         self._decoder = worker_side_decoder()
@@ -353,6 +359,11 @@ class WorkerLoop:
         if isinstance(message, Embed):
             self._serve_embeds(self._collect_embeds(item))
             return
+        if isinstance(message, Generate) and self._chat_batch > 1:
+            batch = self._collect_generates(item)
+            if len(batch) > 1:
+                self._serve_generates(batch)
+                return
         request_id = getattr(message, "request_id", "")
         try:
             if isinstance(message, Unload):
@@ -377,14 +388,11 @@ class WorkerLoop:
             elif isinstance(message, MEDIA_REQUESTS):
                 serve_media(self.backend, message, item.frames, partial(self._reply, item.sock),
                             partial(self.aborted, request_id))
-        except WorkerError as exc:
-            self._flush_marker(request_id)
-            self._reply(item.sock, Error(request_id=request_id, code=exc.code, message=exc.message, param=exc.param))
         except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
+            if not isinstance(exc, WorkerError):
+                traceback.print_exc(file=sys.stderr)
             self._flush_marker(request_id)
-            self._reply(item.sock, Error(request_id=request_id, code=ErrorCode.INTERNAL,
-                                         message=f"worker error: {type(exc).__name__}: {exc}"[:2000]))
+            self._reply(item.sock, _error(request_id, exc))
         finally:
             self._finish(request_id)
 
@@ -393,6 +401,12 @@ class WorkerLoop:
         self._outbox.close(request_id)
 
     def _generate(self, sock: int, request: Generate) -> None:
+        job = self._open_stream(sock, request)
+        job.reply(self.backend.generate(request, job.emit, job.cancelled))
+
+    def _open_stream(self, sock: int, request: Generate, unanswered: set[str] | None = None) -> GenerationJob:
+        """The request's outbox stream and the callbacks its generation streams through, polls and
+        ends with. In a batch, ``unanswered`` holds the ids not answered yet: each is answered once."""
         request_id = request.request_id
         pipe_out = self._pipe_out
         flush_msg = [_FLUSH, request_id.encode()]
@@ -406,11 +420,73 @@ class WorkerLoop:
         def cancelled() -> bool:
             return self.aborted(request_id)
 
-        result = self.backend.generate(request, emit, cancelled)
-        finish = FinishReason.ABORTED if cancelled() else result.finish_reason
-        # The IO thread sends what still waits for this request before this Final.
-        self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=result.usage,
-                                stop_sequence=result.stop_sequence))
+        def reply(outcome: GenerationResult | Exception) -> None:
+            if unanswered is not None:
+                if request_id not in unanswered:
+                    return
+                unanswered.discard(request_id)
+                self._active = len(unanswered)
+            if isinstance(outcome, Exception):
+                self._flush_marker(request_id)
+                self._reply(sock, _error(request_id, outcome))
+                return
+            finish = FinishReason.ABORTED if cancelled() else outcome.finish_reason
+            # The IO thread sends what still waits for this request before this Final.
+            self._reply(sock, Final(request_id=request_id, finish_reason=finish, usage=outcome.usage,
+                                    stop_sequence=outcome.stop_sequence))
+
+        return GenerationJob(request, emit, cancelled, reply)
+
+    def _collect_generates(self, first: _Work) -> list[_Work]:
+        """The first Generate plus the Generates already waiting right behind it (in arrival order, up
+        to the backend's max_batch). Nothing waits for more: a lone request starts at once."""
+        batch = [first]
+        while len(batch) < self._chat_batch:
+            if self._held:
+                item: _Work | None = self._held.popleft()
+            else:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+            if item is None:
+                self._work.put(None)
+                break
+            if not isinstance(item.message, Generate):
+                self._held.appendleft(item)  # keep arrival order: it runs right after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _serve_generates(self, batch: list[_Work]) -> None:
+        """Several Generates decoded together: each still gets its own stream and its own Final or Error,
+        sent as soon as that request ends."""
+        jobs: list[GenerationJob] = []
+        unanswered: set[str] = set()
+        for item in batch:
+            request: Generate = item.message  # type: ignore[assignment]
+            if self.aborted(request.request_id):
+                self._reply(item.sock, Final(request_id=request.request_id, finish_reason=FinishReason.ABORTED))
+                self._finish(request.request_id)
+            else:
+                unanswered.add(request.request_id)
+                jobs.append(self._open_stream(item.sock, request, unanswered))
+        if not jobs:
+            return
+        self._active = len(jobs)
+        log.info("generating %d requests in one batch: %s", len(jobs), ", ".join(j.request.request_id for j in jobs))
+        failure: Exception = RuntimeError("the backend ended the batch without answering this request")
+        try:
+            self._ensure_loaded()
+            self.backend.generate_batch(jobs)
+        except Exception as exc:
+            if not isinstance(exc, WorkerError):
+                traceback.print_exc(file=sys.stderr)
+            failure = exc
+        finally:
+            for job in jobs:
+                job.reply(failure)  # only a request not answered yet gets it
+                self._finish(job.request.request_id)
 
     def _collect_embeds(self, first: _Work) -> list[_Work]:
         """The first Embed plus those already queued or arriving within batch_wait of the previous one,
@@ -488,6 +564,14 @@ class WorkerLoop:
         finally:
             for item in live:
                 self._finish(item.message.request_id)  # type: ignore[union-attr]
+
+
+def _error(request_id: str, exc: Exception) -> Error:
+    """The Error reply of a failed request: a WorkerError's own code, anything else internal."""
+    if isinstance(exc, WorkerError):
+        return Error(request_id=request_id, code=exc.code, message=exc.message, param=exc.param)
+    return Error(request_id=request_id, code=ErrorCode.INTERNAL,
+                 message=f"worker error: {type(exc).__name__}: {exc}"[:2000])
 
 
 def _embed_usage(token_counts: list[int]) -> Usage:

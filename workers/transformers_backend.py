@@ -12,9 +12,14 @@ the same tokens (a conversation resent with one more turn) is cropped to the lon
 and only the rest is evaluated (``usage.prompt_tokens_details.cached_tokens``). A model whose cache
 cannot be cropped evaluates every prompt in full.
 
+Concurrent requests: the worker accepts up to ``--max-batch`` (default 8) at once (``max_concurrency``).
+When the model thread picks a request, the requests already waiting behind it are decoded together
+in one ``model.generate`` over their left-padded prompts, each with its own sampling, stop strings,
+limits, abort and reply (workers/transformers_batch.py); a request alone takes the loop above and
+reuses the previous prompt's cache (a batch evaluates its prompts in full). Measured on CPU in
+docs/benchmarks.md.
+
 Placement: ``device_map="auto"`` and the checkpoint's dtype when CUDA is present, float32 on CPU.
-Requests are served one at a time in arrival order (``max_concurrency`` 1): see docs/benchmarks.md
-for what batching concurrent streams would gain.
 """
 
 from __future__ import annotations
@@ -22,17 +27,26 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol.messages import Capabilities, ErrorCode, FinishReason, Generate, Tokenize, Usage
-from workers.backend import Backend, BackendInfo, Cancelled, Emit, GenerationResult, ModelLoadError, WorkerError
+from protocol.messages import Capabilities, ErrorCode, Generate, Tokenize
+from workers.backend import (
+    Backend,
+    BackendInfo,
+    Cancelled,
+    Emit,
+    GenerationJob,
+    GenerationResult,
+    ModelLoadError,
+    WorkerError,
+)
 from workers.chat import (
     THINK_TAGS,
     ChatOutput,
     Sampling,
     encode_prompt,
-    finish_reason,
     opens_reasoning,
     prompt_tools,
     render_template,
@@ -42,11 +56,12 @@ from workers.chat import (
 from workers.prompt_cache import common_prefix
 from workers.tool_calls import ToolCallParser, choose_parser
 from workers.tool_calls.hermes import HermesParser
+from workers.transformers_batch import RowGeneration, generate_together
 
 log = logging.getLogger("acore.worker.transformers")
 
-# llama.cpp's default window for repeat_penalty (prompt and output alike).
-REPEAT_LAST_N = 64
+# Most requests decoded together (--max-batch): the gateway sends this many at once (max_concurrency).
+DEFAULT_MAX_BATCH = 8
 # Tokens an incomplete character may hold back before it is emitted as U+FFFD.
 MAX_HELD = 4
 # What a model without a chat template is given (as the llama.cpp backend does).
@@ -136,6 +151,7 @@ class TransformersBackend(Backend):
         self._hidden: frozenset[int] = frozenset()
         self._cache_arg = "past_key_values"  # transformers 5 names it "cache"
         self._last_logits: dict[str, int] = {}
+        self._max_batch = max(1, int(options.get("max_batch") or DEFAULT_MAX_BATCH))
 
     # ------------------------------------------------------------ life cycle
 
@@ -201,7 +217,9 @@ class TransformersBackend(Backend):
 
     def info(self) -> BackendInfo:
         ctx = self._context_length or config_context_length(self._dir)
-        return BackendInfo(capabilities=Capabilities(chat=True, tools=True), context_length=ctx, max_concurrency=1)
+        # the gateway sends up to max_concurrency requests at once: as many as one batch decodes
+        return BackendInfo(capabilities=Capabilities(chat=True, tools=True), context_length=ctx,
+                           max_concurrency=self._max_batch, max_batch=self._max_batch)
 
     # ------------------------------------------------------------ prompts
 
@@ -280,9 +298,8 @@ class TransformersBackend(Backend):
         self._past, self._past_tokens = None, []
         return DynamicCache(), 0
 
-    def generate(self, request: Generate, emit: Emit, cancelled: Cancelled) -> GenerationResult:
-        import torch
-
+    def _start(self, request: Generate, emit: Emit, cancelled: Cancelled) -> RowGeneration:
+        """The request's prompt tokens, limits and sampling checked (a WorkerError fails it alone)."""
         p = request.params
         rendered = self._template(request.messages, prompt_tools(request), template_options(request))
         tokens = self._encode(rendered)
@@ -293,54 +310,65 @@ class TransformersBackend(Backend):
         max_tokens = min(p.max_tokens if p.max_tokens is not None else ctx, ctx - len(tokens))
         if max_tokens < 1:
             raise WorkerError(ErrorCode.BAD_REQUEST, "max_tokens must be at least 1", param="max_tokens")
-        sampling = resolve_sampling(p, self._model_defaults)
-        bias = self._bias(request)
-        generator: Any = None  # made on the logits' device (the last GPU under device_map="auto")
+        return RowGeneration(request=request, emit=emit, cancelled=cancelled, prompt=tokens, max_tokens=max_tokens,
+                             sampling=resolve_sampling(p, self._model_defaults), bias=self._bias(request),
+                             output=ChatOutput(request, reasoning_open=opens_reasoning(rendered),
+                                               parser=self.tool_parser),
+                             decoder=IncrementalDecoder(self._tokenizer, self._hidden), eos=frozenset(self._eos),
+                             choose_token=self._next_token)
 
-        output = ChatOutput(request, reasoning_open=opens_reasoning(rendered), parser=self.tool_parser)
-        decoder = IncrementalDecoder(self._tokenizer, self._hidden)
+    def generate(self, request: Generate, emit: Emit, cancelled: Cancelled) -> GenerationResult:
+        return self._generate_alone(self._start(request, emit, cancelled))
+
+    def _generate_alone(self, row: RowGeneration) -> GenerationResult:
+        """One request, one token at a time over ``model(...)``, continuing from the previous prompt's cache."""
+        import torch
+
+        tokens = row.prompt
         past, reused = self._reuse(tokens)
+        row.cached_tokens = reused
         fed = tokens[:reused]  # the tokens the cache holds
         pending = tokens[reused:]
-        recent = tokens[-REPEAT_LAST_N:]
-        counts: dict[int, int] = {}
-        completion = 0
-        finish = FinishReason.LENGTH
         self._past = None  # half-written while we run: reused only once the loop ends cleanly
         with torch.inference_mode():
             while True:
-                if cancelled():
-                    finish = FinishReason.ABORTED
+                if row.cancelled():
+                    row.abort()
                     break
                 ids = torch.tensor([pending], device=self._device)
                 # the cache object is updated in place; logits of the last position only
                 out = self._model(input_ids=ids, use_cache=True, **{self._cache_arg: past}, **self._last_logits)
                 fed += pending
-                if generator is None and sampling.seed is not None:
-                    generator = torch.Generator(device=out.logits.device).manual_seed(int(sampling.seed) & 0xFFFFFFFFFFFF)
-                token = self._next_token(out.logits[0, -1, :], sampling, bias, recent, counts, generator)
-                if token in self._eos:
-                    finish = FinishReason.STOP
-                    break
-                completion += 1
-                counts[token] = counts.get(token, 0) + 1
-                recent = [*recent[1 - REPEAT_LAST_N:], token]
-                emit(output.feed(decoder.add(token)))
-                if output.stopped:
-                    finish = FinishReason.STOP
-                    break
-                if completion >= max_tokens:
+                token = row.choose(out.logits[0, -1, :])
+                if row.accept(token):
                     break
                 pending = [token]
         self._past, self._past_tokens = past, fed
-        if finish != FinishReason.ABORTED:
-            last, called = output.finish("" if output.stopped else decoder.flush())
-            if last is not None:
-                emit(last)
-            if output.stopped:
-                finish = FinishReason.STOP
-            finish = finish_reason(finish, called)
-        return GenerationResult(finish_reason=finish, usage=Usage(prompt_tokens=len(tokens),
-                                                                  completion_tokens=completion,
-                                                                  cached_tokens=reused),
-                                stop_sequence=output.stop_sequence)
+        return row.result()
+
+    def generate_batch(self, jobs: list[GenerationJob]) -> None:
+        """Requests waiting together: one alone keeps the prefix-reusing loop; several go through one
+        ``model.generate`` over their left-padded prompts (workers/transformers_batch.py), each answered
+        as soon as it ends."""
+        rows: list[RowGeneration] = []
+        replies: dict[int, Callable[[GenerationResult | Exception], None]] = {}
+        for job in jobs:
+            try:
+                row = self._start(job.request, job.emit, job.cancelled)
+            except WorkerError as exc:  # this request alone: the others go on
+                job.reply(exc)
+                continue
+            rows.append(row)
+            replies[id(row)] = job.reply
+        if len(rows) == 1:
+            replies[id(rows[0])](self._generate_alone(rows[0]))
+        elif rows:
+            generate_together(self._model, rows, self._pad_token(), self._device,
+                              ended=lambda row: replies[id(row)](row.result()))
+
+    def _pad_token(self) -> int:
+        """What fills the left of a shorter prompt (masked out): the tokenizer's pad token, else an EOS."""
+        for pad in (self._tokenizer.pad_token_id, self._tokenizer.eos_token_id):
+            if pad is not None:
+                return int(pad)
+        return min(self._eos, default=0)

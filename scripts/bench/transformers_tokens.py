@@ -1,20 +1,24 @@
 #!/usr/bin/env python
 """Tokens/s of the transformers worker: gateway + worker vs in-process ``generate`` streaming, and
-4 concurrent streams queued (what the worker does) vs batched (one ``generate`` over 4 prompts).
+4 concurrent streams through a worker that decodes them one at a time (``--max-batch 1``), through
+one that batches them (the default), and one in-process ``generate`` over the 4 prompts.
 
     .venv/bin/python scripts/bench/transformers_tokens.py [--rounds 5] [--max-tokens 128]
 
 It writes a tiny random llama (workers/transformers_tiny.py, 4 layers, hidden 256 by default) under
-.cache/models/, starts a gateway with ``--worker huggingface:DIR --threads 1`` on a free port, and
-runs the modes interleaved, round by round, so background load hits each alike; medians reported.
-Every mode uses one torch thread, greedy decoding and the same prompt, and produces exactly
-max_tokens (EOS suppressed), so the figures compare the same work.
+.cache/models/, starts a gateway with a ``[[workers]] provider = "huggingface"`` worker (``threads =
+1``) on a free port plus a second worker of the same model started by hand with ``--max-batch 1``
+(served under another name), and runs the modes interleaved, round by round, so background load hits
+each alike; medians reported. Every mode uses one torch thread, greedy decoding and the same prompt,
+and produces exactly max_tokens (EOS suppressed), so the figures compare the same work. The batches
+the worker formed are counted from its log lines ("generating N requests in one batch").
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import statistics
@@ -86,7 +90,7 @@ def gateway_stream(client: Any, model: str, max_tokens: int, bias: dict[str, flo
 
 
 def gateway_concurrent(client: Any, model: str, max_tokens: int, bias: dict[str, float]) -> tuple[int, float]:
-    """STREAMS streams at once through the gateway (the worker queues them): total tokens / wall time."""
+    """STREAMS streams at once through the gateway: total tokens / wall time."""
     counts = [0] * STREAMS
 
     def one(i: int) -> None:
@@ -101,17 +105,34 @@ def gateway_concurrent(client: Any, model: str, max_tokens: int, bias: dict[str,
     return sum(counts), time.perf_counter() - start
 
 
-def start_gateway(model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+GATEWAY_LOG = REPO / ".cache" / "bench-transformers-gateway.log"
+ONE_AT_A_TIME = "one-at-a-time"  # the name the --max-batch 1 worker serves the model under
+
+
+def start_gateway(model_dir: Path) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """The gateway (supervising the batching worker) and the --max-batch 1 worker joined to it."""
+    from protocol.endpoints import default_worker_endpoint
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    log = open(REPO / ".cache" / "bench-transformers-gateway.log", "wb")
+    log = open(GATEWAY_LOG, "wb")
     config = REPO / ".cache" / "bench-transformers.toml"
     config.write_text(f'[[workers]]\nprovider = "huggingface"\nmodel = "{model_dir}"\nthreads = 1\n')
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port), "--no-default-embeddings",
-                             "--config", str(config)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port), "--no-default-embeddings",
+                                "--config", str(config)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    queued = subprocess.Popen([sys.executable, "-m", "workers", "--provider", "huggingface", "--model", str(model_dir),
+                               "--name", ONE_AT_A_TIME, "--threads", "1", "--max-batch", "1",
+                               "--connect", default_worker_endpoint(port)],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return [queued, gateway], f"http://127.0.0.1:{port}"
+
+
+def batch_sizes() -> list[int]:
+    """The size of every batch the worker logged (a request alone logs nothing)."""
+    pattern = re.compile(r"generating (\d+) requests in one batch")
+    return [int(m.group(1)) for m in pattern.finditer(GATEWAY_LOG.read_text(errors="replace"))]
 
 
 def wait_model(url: str, model: str, timeout: float = 180) -> None:
@@ -153,15 +174,18 @@ def main() -> int:
     bias = {str(tokenizer.eos_token_id): -100.0}  # every run produces exactly max_tokens
 
     (REPO / ".cache").mkdir(exist_ok=True)
-    proc, url = start_gateway(args.model)
+    procs, url = start_gateway(args.model)
     try:
         wait_model(url, served)
+        wait_model(url, f"huggingface/{ONE_AT_A_TIME}")
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
         single = {"in-process generate + TextIteratorStreamer": lambda: in_process_stream(model, tokenizer,
                                                                                         args.max_tokens),
                   "gateway + worker (openai SDK, streaming)": lambda: gateway_stream(client, served, args.max_tokens,
                                                                                      bias)}
-        concurrent = {f"{STREAMS} streams through the gateway (worker queues them)":
+        concurrent = {f"{STREAMS} streams through the gateway, worker one at a time (--max-batch 1)":
+                      lambda: gateway_concurrent(client, f"huggingface/{ONE_AT_A_TIME}", args.max_tokens, bias),
+                      f"{STREAMS} streams through the gateway, worker batches them (default)":
                       lambda: gateway_concurrent(client, served, args.max_tokens, bias),
                       f"one in-process generate over {STREAMS} prompts (batched)":
                       lambda: in_process_batched(model, tokenizer, args.max_tokens)}
@@ -174,11 +198,12 @@ def main() -> int:
                 n, seconds = run()
                 rates[label].append(n / seconds)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     print(f"\ntransformers tokens/s, tiny llama {args.layers} layers x {args.hidden} ({args.max_tokens} tokens, "
           f"greedy, 1 thread), median of {args.rounds} interleaved rounds\n")
@@ -191,6 +216,9 @@ def main() -> int:
             med = statistics.median(rates[label])
             print(f"| {label} | {med:,.0f} | {min(rates[label]):,.0f} | {max(rates[label]):,.0f} | "
                   f"{med / base:.2f}x |")
+    sizes = batch_sizes()
+    counts = ", ".join(f"{sizes.count(n)} of {n}" for n in sorted(set(sizes)))
+    print(f"\nbatches the worker decoded ({args.rounds + 1} concurrent runs, warm-up included): {counts or 'none'}")
     return 0
 
 
