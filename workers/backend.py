@@ -7,8 +7,10 @@ sees decoded messages and runs on the model thread. One backend = one module.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,6 +164,15 @@ class Backend(abc.ABC):
     def cache_op(self, op: CacheOp) -> dict[str, Any]:
         """Prompt-cache control; unsupported backends answer the seed's {"supported": false} shape."""
         return {"supported": False, "error": f"{self.provider} backend has no prompt cache"}
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model directory's JSON config file as a dict; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # provider name (as on the command line) -> "module:Class", imported only when chosen

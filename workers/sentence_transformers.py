@@ -19,7 +19,7 @@ import numpy as np
 
 from protocol.local import PACKAGED_EMBEDDINGS_IDS, packaged_embeddings_dir
 from protocol.messages import Capabilities, Embed, ErrorCode
-from workers.backend import Backend, BackendInfo, EmbedOutcome, ModelLoadError, WorkerError
+from workers.backend import Backend, BackendInfo, EmbedOutcome, ModelLoadError, WorkerError, read_json_object
 
 log = logging.getLogger("acore.worker.sentence_transformers")
 
@@ -68,13 +68,6 @@ def resolve_model_dir(model: str) -> Path:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
 
 def metadata_from_dir(directory: Path) -> tuple[int, int]:
     """(dimensions, max_seq_length) read from the files, for info() before load()."""
@@ -85,13 +78,13 @@ def metadata_from_dir(directory: Path) -> tuple[int, int]:
         kind = str(module.get("type", ""))
         # The last module that changes the width decides (a Dense layer after pooling, for instance).
         if kind.endswith("Pooling"):
-            dims = int(_read_json(module_dir / "config.json").get("word_embedding_dimension", dims) or dims)
+            dims = int(read_json_object(module_dir / "config.json").get("word_embedding_dimension", dims) or dims)
         elif kind.endswith("Dense"):
-            dims = int(_read_json(module_dir / "config.json").get("out_features", dims) or dims)
-    config = _read_json(directory / "config.json")
+            dims = int(read_json_object(module_dir / "config.json").get("out_features", dims) or dims)
+    config = read_json_object(directory / "config.json")
     if not dims:
         dims = int(config.get("hidden_size", 0) or 0)
-    seq = int(_read_json(directory / "sentence_bert_config.json").get("max_seq_length", 0) or 0)
+    seq = int(read_json_object(directory / "sentence_bert_config.json").get("max_seq_length", 0) or 0)
     if not seq:
         seq = int(config.get("max_position_embeddings", 0) or 0) or FALLBACK_CONTEXT
     return dims, seq

@@ -25,7 +25,6 @@ Placement: ``device_map="auto"`` and the checkpoint's dtype when CUDA is present
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from workers.backend import (
     GenerationResult,
     ModelLoadError,
     WorkerError,
+    read_json_object,
 )
 from workers.chat import (
     THINK_TAGS,
@@ -74,23 +74,16 @@ GENERATION_CONFIG_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k
 CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
 
 def config_context_length(directory: Path) -> int:
-    config = _read_json(directory / "config.json")
+    config = read_json_object(directory / "config.json")
     config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
     return next((int(config[k]) for k in CONTEXT_KEYS if isinstance(config.get(k), int)), 0)
 
 
 def generation_defaults(directory: Path) -> dict[str, float]:
     """The sampling the model ships in generation_config.json (greedy when it says do_sample false)."""
-    config = _read_json(directory / "generation_config.json")
+    config = read_json_object(directory / "generation_config.json")
     if config.get("do_sample") is False:
         return {"temperature": 0.0}
     return {name: float(config[key]) for key, name in GENERATION_CONFIG_KEYS.items()
