@@ -60,6 +60,9 @@ def parse_error_payload(payload: bytes) -> tuple[str | None, str | None, str | N
         error = data.get("error", data)
         if isinstance(error, dict):
             message = error.get("message")
+            if message is None and error.get("detail") is not None:  # FastAPI/pydantic's 4xx
+                detail = error["detail"]
+                message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()[:500]
             code = error.get("code")
             return (
                 str(message) if message is not None else None,

@@ -9,7 +9,7 @@ from ``model``; non-streaming answers are passed through, not rebuilt.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ def model_type_of(model_id: str) -> ModelType:
         if any(hint in lowered for hint in hints):
             return kind
     return ModelType.EMBEDDING if any(h in lowered for h in _EMBEDDING_HINTS) else ModelType.TEXT
+
+MAX_REMEMBERED_SERVERS = 1024  # client-chosen base URLs included: a bound, not a cache of every URL seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class OpenAICompatibleProvider:
                                          audio_input=preset.media)
         configured = config.provider_settings(preset.name).stream_usage
         self.stream_usage = preset.stream_usage if configured is None else configured
+        self._refuses_stream_options: set[str] = set()  # base URLs that answered 400 to stream_options
 
     # ------------------------------------------------------------------ plumbing
 
@@ -133,12 +136,12 @@ class OpenAICompatibleProvider:
     def _call_upstream(self, call: ChatCall) -> Upstream:
         return self.upstream(call.api_key, call.base_url, call.base_url_trusted, call.timeout_s)
 
-    def _body(self, call: ChatCall, stream: bool) -> dict[str, Any]:
+    def _body(self, call: ChatCall, stream: bool, ask_usage: bool = False) -> dict[str, Any]:
         body = call.request.openai_body()
         body["model"] = call.model
         if stream:
             body["stream"] = True
-            if self.stream_usage and not call.include_usage:
+            if ask_usage:
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
             body.pop("stream", None)
@@ -157,14 +160,36 @@ class OpenAICompatibleProvider:
             raise GatewayError(502, f"Provider {self.name} sent a response without choices.", type="server_error")
         return normalize_reasoning_fields(data)
 
+    @asynccontextmanager
+    async def _open_stream(self, call: ChatCall, upstream: Upstream) -> AsyncIterator[tuple[aiohttp.ClientResponse,
+                                                                                             bool]]:
+        """The streamed call's response, and whether acore asked for the usage chunk itself (stream_usage:
+        it then keeps it on the call for the logs and does not pass it on). A server that rejects
+        ``stream_options`` (a 400/422 naming it: nothing was generated) is asked again without it, once,
+        and not asked again for as long as this process runs."""
+        ask = (self.stream_usage and not call.include_usage
+               and upstream.base_url not in self._refuses_stream_options)
+        opened = False
+        try:
+            async with open_call(self._session, self.name, "POST", upstream, "/chat/completions",
+                                 json_body=self._body(call, stream=True, ask_usage=ask)) as response:
+                opened = True
+                yield response, ask
+                return
+        except GatewayError as exc:
+            if opened or not ask or exc.status not in (400, 422) or "stream_options" not in exc.message:
+                raise
+        if len(self._refuses_stream_options) < MAX_REMEMBERED_SERVERS:
+            self._refuses_stream_options.add(upstream.base_url)
+        async with open_call(self._session, self.name, "POST", upstream, "/chat/completions",
+                             json_body=self._body(call, stream=True)) as response:
+            yield response, False
+
     async def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         upstream = self._call_upstream(call)
         saw_finish = False
         first = True
-        # Usage the client did not ask for (stream_usage): kept on the call for the logs, not passed on.
-        hide_usage = self.stream_usage and not call.include_usage
-        async with open_call(self._session, self.name, "POST", upstream, "/chat/completions",
-                             json_body=self._body(call, stream=True)) as response:
+        async with self._open_stream(call, upstream) as (response, hide_usage):
             async for _event, data in sse_data(response, self.name):
                 try:
                     chunk = orjson.loads(data)

@@ -107,6 +107,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
             status=status,
             headers=headers,
         )
+    if model == "strict" and "stream_options" in body:  # a server whose schema forbids extra fields (FastAPI's 422)
+        return web.json_response({"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options"],
+                                              "msg": "Extra inputs are not permitted"}]}, status=422)
     if model == "redirect":
         raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/elsewhere")
     if model == "hangup":  # read the request, then close the connection without answering

@@ -336,6 +336,19 @@ def test_openai_compatible_stream_counts_tokens_the_client_did_not_ask_for(obs_g
     assert [body["stream_options"] for body in sent] == [{"include_usage": True}] * 2
 
 
+def test_a_server_that_refuses_stream_options_is_asked_again_without(obs_gw: Proc, fake_openai: Proc) -> None:
+    """stream_usage on a strict server (422 for the extra field: nothing was generated): the same stream is
+    asked again without stream_options, once, and that server is not asked with it again."""
+    http.clear_records(fake_openai)
+    for _ in range(2):
+        reply = chat(obs_gw, "openai/strict", "strict one", stream=True)
+        assert reply.status == 200 and content_of(reply) == "echo: strict one"
+    sent = [r["body"] for r in http.records(fake_openai) if r["path"] == "/v1/chat/completions"]
+    assert ["stream_options" in body for body in sent] == [True, False, False]
+    reply = chat(obs_gw, "openai/strict", "strict one", stream=True, stream_options={"include_usage": True})
+    assert reply.status == 422 and "stream_options" in reply.json()["error"]["message"]  # the client's own ask
+
+
 def test_server_timing_header(obs_gw: Proc) -> None:
     for reply in (chat(obs_gw, "openai/echo"), chat(obs_gw, "openai/echo", stream=True)):
         assert reply.status == 200
