@@ -136,6 +136,10 @@ class Chunk(Message, frozen=True, tag="chunk"):
     n_tokens: int = 0
     # OpenAI-shaped tool-call deltas: [{"index", "id", "type", "function": {"name", "arguments"}}]
     tool_calls: list[dict[str, Any]] = []
+    # On a generation's first Chunk: its prompt's tokens and how many of them the prompt cache held,
+    # known before the Final (Anthropic's message_start reports them; a stream left early counts them).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class MediaChunk(Message, frozen=True, tag="media"):

@@ -51,6 +51,8 @@ class Delta:
     reasoning: str = ""
     n_tokens: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0  # the first Delta of a generation: its prompt's size (Chunk.prompt_tokens)
+    cached_tokens: int = 0
 
 
 Emit = Callable[[Delta], None]

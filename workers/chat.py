@@ -248,6 +248,10 @@ class ChatOutput:
         self.sink = DeltaSink()
         self.parser = parser(self.sink, request.tools, tools_enabled=active) if active or parser.always else None
         self.stopped = False  # a stop string was reached: the engine ends the generation
+        # The prompt's size (and its cached part), set by the engine once it knows them: the first
+        # Delta carries them to the gateway, ahead of the Final's usage.
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
 
     @property
     def stop_sequence(self) -> str:
@@ -259,9 +263,14 @@ class ChatOutput:
         self.stopped = self.stopped or hit
         reasoning, content = self.reasoning.feed(out) if self.reasoning is not None else ("", out)
         if self.parser is None:
-            return Delta(text=content, reasoning=reasoning, n_tokens=n_tokens)
-        self.parser.feed(content)
-        return self.sink.take(reasoning, n_tokens)
+            delta = Delta(text=content, reasoning=reasoning, n_tokens=n_tokens)
+        else:
+            self.parser.feed(content)
+            delta = self.sink.take(reasoning, n_tokens)
+        if self.prompt_tokens:
+            delta.prompt_tokens, delta.cached_tokens = self.prompt_tokens, self.cached_tokens
+            self.prompt_tokens = 0
+        return delta
 
     def finish(self, tail: str = "") -> tuple[Delta | None, bool]:
         """The last Delta (what was held back, plus the detokenizer's ``tail``; None when there is

@@ -402,6 +402,7 @@ class LlamaCppBackend(Backend):
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         output = ChatOutput(request, reasoning_open=reasoning_open, parser=self.tool_parser)
+        output.prompt_tokens, output.cached_tokens = len(prompt), cached
         finish = FinishReason.LENGTH
         n_out = 0
         vocab, ctx, raw_sampler = self._vocab, llama._ctx, sampler

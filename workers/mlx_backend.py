@@ -362,6 +362,7 @@ class MLXBackend(Backend):
         eos = set(self._tokenizer.eos_token_ids)
         detok = self._tokenizer.detokenizer
         output = ChatOutput(request, reasoning_open=opens_reasoning(rendered), parser=self.tool_parser)
+        output.prompt_tokens, output.cached_tokens = len(tokens), reused
         steps: Iterator[tuple[Any, Any]] = generate_step(
             mx.array(tokens[reused:]), self._model, max_tokens=-1, sampler=sampler,
             logits_processors=processors or None, prompt_cache=kv.layers, prefill_step_size=PREFILL_STEP,

@@ -49,12 +49,15 @@ class Outbox:
                 return False
             pending = stream.delta
             if pending is None:
-                stream.delta = Delta(delta.text, delta.reasoning, delta.n_tokens, list(delta.tool_calls))
+                stream.delta = Delta(delta.text, delta.reasoning, delta.n_tokens, list(delta.tool_calls),
+                                     delta.prompt_tokens, delta.cached_tokens)
             else:
                 pending.text += delta.text
                 pending.reasoning += delta.reasoning
                 pending.n_tokens += delta.n_tokens
                 pending.tool_calls.extend(delta.tool_calls)
+                if delta.prompt_tokens:
+                    pending.prompt_tokens, pending.cached_tokens = delta.prompt_tokens, delta.cached_tokens
             if stream.signalled:
                 return False
             stream.signalled = True
@@ -108,4 +111,5 @@ class Outbox:
         stream.last_sent = now
         stream.n_frames += 1
         return stream.sock, Chunk(request_id=request_id, text=delta.text, reasoning=delta.reasoning,
-                                  n_tokens=delta.n_tokens, tool_calls=delta.tool_calls)
+                                  n_tokens=delta.n_tokens, tool_calls=delta.tool_calls,
+                                  prompt_tokens=delta.prompt_tokens, cached_tokens=delta.cached_tokens)

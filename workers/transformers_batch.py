@@ -86,6 +86,8 @@ class RowGeneration:
         if token in self.eos:
             self.finish, self.done = FinishReason.STOP, True
             return True
+        if not self.completion:  # the first Delta tells the gateway the prompt's size
+            self.output.prompt_tokens, self.output.cached_tokens = len(self.prompt), self.cached_tokens
         self.completion += 1
         self.counts[token] = self.counts.get(token, 0) + 1
         self.recent = [*self.recent[1 - REPEAT_LAST_N:], token]

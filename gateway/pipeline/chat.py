@@ -171,6 +171,7 @@ async def _stream_routed(app: web.Application, call: ChatCall) -> AsyncGenerator
             raise
         run.answered()
         _served(call, attempt)
+        call.usage = attempt.usage  # what the target knew by its first chunk (a local worker's prompt size)
         try:
             yield first
             async for chunk in chunks:

@@ -209,14 +209,17 @@ class LocalProvider:
         try:
             first = True
             async for batch in replies:
+                pieces = [m for m in batch if isinstance(m, Chunk)]
+                for piece in pieces:
+                    generated += piece.n_tokens
+                    if piece.prompt_tokens and call.usage is None:  # before the Final: the Messages door's message_start
+                        call.usage = {"prompt_tokens": piece.prompt_tokens,
+                                      "prompt_tokens_details": {"cached_tokens": piece.cached_tokens}}
                 if first:
                     # Sent only once the worker answered, so an early error keeps its HTTP status.
                     first = False
                     yield chunk({"role": "assistant", "content": ""})
                 # Tokens that arrived together go out as one event: one SSE frame, not one per token.
-                pieces = [m for m in batch if isinstance(m, Chunk)]
-                for piece in pieces:
-                    generated += piece.n_tokens
                 delta = _merged_delta(pieces)
                 if delta:
                     yield chunk(delta)
@@ -233,8 +236,8 @@ class LocalProvider:
                                "usage": usage_json(final.usage)}
         finally:
             await replies.aclose()  # type: ignore[attr-defined]
-            if call.usage is None and generated:  # no Final: the output so far (the prompt's count is the worker's)
-                call.usage = {"completion_tokens": generated}
+            if generated and (call.usage is None or "completion_tokens" not in call.usage):
+                call.usage = {**(call.usage or {}), "completion_tokens": generated}  # no Final: the output so far
 
     def chat_stream(self, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
         return self._chunks(call, call.include_usage)

@@ -95,7 +95,8 @@ class EchoBackend(Backend):
                 break
             if delay:
                 time.sleep(delay)
-            emit(Delta(text=f"tok{index}" if index == 0 else f" tok{index}", n_tokens=1))
+            emit(Delta(text=f"tok{index}" if index == 0 else f" tok{index}", n_tokens=1,
+                       prompt_tokens=prompt_tokens if index == 0 else 0))
             produced += 1
         finish = "length" if limit is not None and produced == limit else "stop"
         return GenerationResult(finish, Usage(prompt_tokens=prompt_tokens, completion_tokens=produced,

@@ -195,6 +195,18 @@ def test_local_worker_stream_and_max_tokens(gw: Proc) -> None:
     assert result.model == "llamacpp/tiny"
 
 
+@pytest.mark.parametrize("model", ["claude-local", "llamacpp/tiny", "mlx/tiny-mlx"])
+def test_message_start_has_the_local_prompt_size(gw: Proc, model: str) -> None:
+    """A local worker sends its prompt's size with its first chunk: message_start reports it (as Anthropic
+    does), the same count message_delta ends with."""
+    stream = events(post(gw, {"model": model, "max_tokens": 4, "temperature": 0, "stream": True,
+                              "messages": user("hello world, once more")}))
+    check_sequence(stream)
+    start, end = stream[0].message.usage, stream[-2].usage
+    assert start.input_tokens + (start.cache_read_input_tokens or 0) > 0
+    assert (start.input_tokens, start.cache_read_input_tokens) == (end.input_tokens, end.cache_read_input_tokens)
+
+
 @pytest.mark.parametrize("model", ["llamacpp/tiny", "mlx/tiny-mlx"])
 def test_local_workers_count_the_prompt_a_generation_uses(gw: Proc, model: str) -> None:
     body = {"model": model, "messages": user("hello world"), "system": "Be brief.", "tools": TOOLS}

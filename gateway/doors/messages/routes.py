@@ -111,7 +111,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
 
     # The pipeline's chunks go straight to the writer; the builder turns each into its frames (the first
     # also brings message_start, so an error before it keeps its HTTP status).
-    builder = EventBuilder(call.requested_model, stops)
+    builder = EventBuilder(call.requested_model, stops, lambda: call.usage)
 
     async def send(writer: SSEWriter, chunk: dict[str, Any]) -> None:
         frames = builder.chunk(chunk)

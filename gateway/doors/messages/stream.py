@@ -16,6 +16,7 @@ is one prebuilt prefix plus the encoded text, with no event object built and enc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -41,10 +42,13 @@ def _delta_prefix(index: int, kind: str) -> bytes:
 class EventBuilder:
     """Per-stream state: which block is open and its index, the tool calls seen, the finish and usage."""
 
-    __slots__ = ("_prefixes", "current", "finish_choice", "index", "model", "started", "stops", "tools", "usage")
+    __slots__ = ("_known_usage", "_prefixes", "current", "finish_choice", "index", "model", "started", "stops",
+                 "tools", "usage")
 
-    def __init__(self, model: str, stops: list[str]) -> None:
+    def __init__(self, model: str, stops: list[str],
+                 known_usage: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self.model = model
+        self._known_usage = known_usage  # the usage known when the first chunk came (a local worker's prompt)
         self.stops = stops
         self.started = False
         self.index = -1  # the index of the block last opened
@@ -59,8 +63,7 @@ class EventBuilder:
         message: dict[str, Any] = {
             "id": message_id(), "type": "message", "role": "assistant", "model": self.model, "content": [],
             "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                      "output_tokens": 0}}
+            "usage": {**usage(self._known_usage()), "output_tokens": 0}}
         return frame("message_start", {"type": "message_start", "message": message}) + _PING
 
     def _close(self, out: list[bytes]) -> None:
