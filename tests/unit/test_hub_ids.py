@@ -101,3 +101,16 @@ def test_folder_models_take_weights_config_and_tokenizer_only() -> None:
         select_files("transformers", HubId("org/gguf"), {"m-Q4_K_M.gguf": 1})
     with pytest.raises(ModelLoadError, match=re.escape("no config.json")):
         select_files("transformers", HubId("org/x"), {"model.safetensors": 1})
+
+
+def test_piper_voice_ids() -> None:
+    from protocol.hub_ids import parse_hub_id
+    from protocol.local import default_name, resolve_engine
+
+    voice = parse_hub_id("rhasspy/piper-voices/en/en_US/lessac/medium/en_US-lessac-medium.onnx")
+    assert voice is not None and voice.repo == "rhasspy/piper-voices" and voice.piper_voice and not voice.gguf
+    assert voice.file == "en/en_US/lessac/medium/en_US-lessac-medium.onnx"
+    assert voice.default_name == "en_US-lessac-medium"
+    assert default_name("tts", str(voice)) == "en_US-lessac-medium"
+    assert resolve_engine("tts", str(voice)) == "tts"
+    assert parse_hub_id("ORG/REPO/model.gguf").gguf  # type: ignore[union-attr]
