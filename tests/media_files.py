@@ -244,3 +244,27 @@ def wav_bytes(seconds: float = 1.0, rate: int = 16000, frequency: float = 440.0)
         handle.setframerate(rate)
         handle.writeframes(frames)
     return out.getvalue()
+
+
+def encoded_audio(container: str, codec: str, seconds: float, rate: int = 48_000) -> bytes:
+    """A tone encoded by PyAV (ffmpeg in its wheels): an m4a with AAC, a webm with Opus, as phones and
+    browsers record them."""
+    import av
+    import numpy as np
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format=container) as muxer:
+        stream = muxer.add_stream(codec, rate=rate)
+        stream.layout = "mono"  # type: ignore[union-attr]
+        samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+        step = 960
+        for start in range(0, len(samples), step):
+            block = samples[start:start + step]
+            frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="flt", layout="mono")
+            frame.rate = rate
+            frame.pts = start
+            for packet in stream.encode(frame):  # type: ignore[union-attr]
+                muxer.mux(packet)
+        for packet in stream.encode(None):  # type: ignore[union-attr]
+            muxer.mux(packet)
+    return out.getvalue()

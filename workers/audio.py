@@ -2,7 +2,8 @@
 
 WAV (PCM 8/16/24/32-bit and float) is read here with no dependency; flac, ogg (Vorbis, Opus) and
 mp3 are read with ``soundfile`` (its wheels carry libsndfile with LAME and mpg123: the media extra
-installs it). Speech leaves as it is made: a WAV header first (with the streaming "unknown length"
+installs it), and what libsndfile cannot read (m4a/mp4 with AAC, webm) with PyAV (``av``, ffmpeg's
+libraries in its wheels). Speech leaves as it is made: a WAV header first (with the streaming "unknown length"
 sizes) then 16-bit samples; raw 16-bit PCM at OpenAI's 24 kHz; or mp3 and opus (in ogg) at 24 kHz,
 encoded by libsndfile block by block, each block's bytes sent once the encoder wrote them (flac is
 sent whole at the end: its header, written last, holds the length).
@@ -19,6 +20,7 @@ import numpy as np
 from protocol.messages import ErrorCode
 from workers.backend import WorkerError
 
+MAX_AUDIO_SECONDS = 3600  # decoded audio per request: a 25 MB upload at a low bitrate could hold hours
 PCM_RATE = 24_000  # OpenAI's response_format=pcm: 24 kHz, 16-bit signed little-endian, mono
 STREAMING_SIZE = 0xFFFFFFFF  # a WAV header's size fields when the length is not known yet
 
@@ -72,26 +74,71 @@ def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Mono float32 samples in [-1, 1] and their sample rate."""
+    """Mono float32 samples in [-1, 1] and their sample rate: WAV here, flac/ogg/mp3 with libsndfile,
+    the containers it cannot read (m4a/mp4 AAC, webm) with PyAV's ffmpeg. At most MAX_AUDIO_SECONDS."""
     if data[:4] == b"RIFF":
         return _read_wav(data)
     try:
         import soundfile
     except ImportError:
-        raise _bad("this worker reads WAV files; other formats (flac, ogg, mp3) need the soundfile package") from None
+        return _decode_with_av(data, None)
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as source:
             # read to the end, not to the frame count the header states: a streamed flac or mp3 says
             # "unknown" (or a placeholder) there
-            blocks = []
-            while len(block := source.read(65536, dtype="float32", always_2d=True)):
-                blocks.append(block)
             rate = source.samplerate
-    except Exception as exc:  # libsndfile's own errors: the file is not what it claims
-        raise _bad(f"cannot decode the audio: {exc}") from None
+            blocks: list[np.ndarray] = []
+            budget = MAX_AUDIO_SECONDS * rate
+            while len(block := source.read(65536, dtype="float32", always_2d=True)):
+                blocks.append(block.mean(axis=1))
+                budget -= len(block)
+                if budget < 0:
+                    raise _too_long()
+    except WorkerError:
+        raise
+    except Exception as exc:  # libsndfile's own errors: not a format it reads (or a broken file)
+        return _decode_with_av(data, exc)
     if not blocks:
         return np.zeros(0, dtype=np.float32), int(rate)
-    return np.concatenate(blocks).mean(axis=1).astype(np.float32), int(rate)
+    return np.concatenate(blocks).astype(np.float32), int(rate)
+
+
+def _too_long() -> WorkerError:
+    return WorkerError(ErrorCode.TOO_LARGE, f"the audio is longer than {MAX_AUDIO_SECONDS // 60} minutes",
+                       param="file")
+
+
+def _decode_with_av(data: bytes, earlier: Exception | None) -> tuple[np.ndarray, int]:
+    """PyAV (ffmpeg's demuxers and decoders in its wheels) for what libsndfile does not read."""
+    try:
+        import av
+    except ImportError:
+        reason = f"cannot decode the audio: {earlier}" if earlier else "this worker reads WAV files only"
+        raise _bad(f"{reason} (m4a, mp4 and webm need the av package: pip install 'acore[media]')") from None
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise _bad("the file has no audio stream")
+            stream = container.streams.audio[0]
+            rate = int(stream.rate or 16_000)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            pieces: list[np.ndarray] = []
+            budget = MAX_AUDIO_SECONDS * rate
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().reshape(-1))
+                    budget -= out.samples
+                if budget < 0:
+                    raise _too_long()
+            for out in resampler.resample(None):  # what the resampler still holds
+                pieces.append(out.to_ndarray().reshape(-1))
+    except WorkerError:
+        raise
+    except Exception as exc:  # ffmpeg's own errors (av.FFmpegError and the like): not audio it knows
+        raise _bad(f"cannot decode the audio: {exc}") from None
+    if not pieces:
+        return np.zeros(0, dtype=np.float32), rate
+    return np.concatenate(pieces).astype(np.float32), rate
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:

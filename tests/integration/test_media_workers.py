@@ -144,6 +144,17 @@ def test_piper_voice_speaks_sentence_by_sentence(client: OpenAI) -> None:
     assert caught.value.body["param"] == "voice" and "amy, bob" in caught.value.body["message"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize(("name", "container", "codec", "mime"), [("memo.m4a", "mp4", "aac", "audio/mp4"),
+                                                                ("clip.webm", "webm", "libopus", "audio/webm")])
+def test_phone_and_browser_recordings_are_transcribed(client: OpenAI, name: str, container: str, codec: str,
+                                                      mime: str) -> None:
+    from tests.media_files import encoded_audio
+
+    result = client.audio.transcriptions.create(model="whisper/tiny-whisper", response_format="verbose_json",
+                                                file=(name, encoded_audio(container, codec, 2.0), mime))
+    assert result.duration == pytest.approx(2.0, abs=0.1)
+
+
 def test_mp3_speech_round_trip_into_whisper(client: OpenAI) -> None:
     """The gateway's own mp3 goes back in as an upload: the worker decodes it with libsndfile."""
     audio = client.audio.speech.create(model="tts/espeak-ng", voice="alloy", input="One two three four.").content

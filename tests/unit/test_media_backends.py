@@ -220,3 +220,32 @@ def test_piper_voice_files_and_load_errors(tmp_path: Path) -> None:
         TTSBackend(str(broken), "broken", {}).load()
     with pytest.raises(ModelLoadError, match="Piper voice"):
         TTSBackend("no-such-engine", "x", {})
+
+
+@pytest.mark.parametrize(("container", "codec"), [("mp4", "aac"), ("webm", "libopus")])
+def test_decode_reads_phone_and_browser_recordings(container: str, codec: str) -> None:
+    """m4a (AAC in MP4) and webm (Opus) are not libsndfile's: PyAV's ffmpeg decodes them."""
+    from tests.media_files import encoded_audio
+
+    audio, rate = decode_audio(encoded_audio(container, codec, 1.5))
+    assert rate == 48_000 and len(audio) / rate == pytest.approx(1.5, abs=0.05)
+    level = float(np.sqrt(np.mean(audio[rate // 4: rate] ** 2)))
+    assert level == pytest.approx(0.3 / np.sqrt(2), rel=0.15)
+
+
+def test_decoded_audio_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.audio as audio_module
+    from tests.media_files import encoded_audio
+
+    monkeypatch.setattr(audio_module, "MAX_AUDIO_SECONDS", 1)
+    for data in (encoded_audio("mp4", "aac", 2.0), encoded_audio("webm", "libopus", 2.0)):
+        with pytest.raises(WorkerError) as caught:
+            decode_audio(data)
+        assert caught.value.code == "too_large" and caught.value.param == "file"
+    out = io.BytesIO()
+    soundfile.write(out, np.zeros(48_000 * 2, dtype=np.float32), 48_000, format="FLAC")
+    with pytest.raises(WorkerError):
+        decode_audio(out.getvalue())
+    with pytest.raises(WorkerError) as caught:
+        decode_audio(b"\x00\x01 not audio in any container")
+    assert caught.value.code == "bad_request"
