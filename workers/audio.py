@@ -1,16 +1,18 @@
-"""Audio on the worker side: uploaded files to samples, synthesised samples to a streamed WAV or PCM body.
+"""Audio on the worker side: uploaded files to samples, synthesised samples to a streamed body.
 
-WAV (PCM 8/16/24/32-bit and float) is read here with no dependency; flac, ogg (Vorbis, Opus) and
-mp3 are read with ``soundfile`` (its wheels carry libsndfile with LAME and mpg123: the media extra
-installs it), and what libsndfile cannot read (m4a/mp4 with AAC, webm) with PyAV (``av``, ffmpeg's
-libraries in its wheels). Speech leaves as it is made: a WAV header first (with the streaming "unknown length"
-sizes) then 16-bit samples; raw 16-bit PCM at OpenAI's 24 kHz; or mp3 and opus (in ogg) at 24 kHz,
-encoded by libsndfile block by block, each block's bytes sent once the encoder wrote them (flac is
-sent whole at the end: its header, written last, holds the length).
+Reading: WAV (PCM 8/16/24/32-bit and float) here, with no dependency; flac, ogg (Vorbis, Opus) and
+mp3 with ``soundfile`` (its wheels carry libsndfile with LAME and mpg123); what libsndfile cannot
+read (m4a/mp4 with AAC, webm) with PyAV (``av``: ffmpeg's libraries in its wheels).
+
+Speech leaves as it is made: a WAV header first (with the streaming "unknown length" sizes) then
+16-bit samples; raw 16-bit PCM at OpenAI's 24 kHz; mp3 and opus (in ogg) at 24 kHz, encoded by
+libsndfile block by block, each block's bytes sent once the encoder wrote them; aac in ADTS frames
+by PyAV, the same way; flac whole at the end (its header, written last, holds the length).
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import struct
 from typing import Any
@@ -173,6 +175,7 @@ SPEECH_ENCODINGS: dict[str, tuple[str, tuple[str, str] | None]] = {
     "mp3": ("audio/mpeg", ("MP3", "MPEG_LAYER_III")),
     "opus": ("audio/ogg", ("OGG", "OPUS")),
     "flac": ("audio/flac", ("FLAC", "PCM_16")),
+    "aac": ("audio/aac", ("ADTS", "AAC")),  # libsndfile has no AAC: PyAV's encoder (_AdtsWriter)
 }
 
 
@@ -216,6 +219,35 @@ class _Tap(io.RawIOBase):
         return data
 
 
+class _AdtsWriter:
+    """AAC in ADTS frames (a stream that needs no header) through PyAV's encoder, written into ``tap`` as
+    each frame is encoded; the same ``write``/``close`` as a soundfile.SoundFile."""
+
+    def __init__(self, tap: _Tap, rate: int) -> None:
+        import av
+
+        self._av = av
+        self._rate = rate
+        self._muxer = av.open(tap, mode="w", format="adts")
+        self._stream = self._muxer.add_stream("aac", rate=rate)
+        self._stream.layout = "mono"  # type: ignore[union-attr]
+        self._pts = 0
+
+    def write(self, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        frame = self._av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.rate, frame.pts = self._rate, self._pts
+        self._pts += len(samples)
+        for packet in self._stream.encode(frame):  # type: ignore[union-attr]
+            self._muxer.mux(packet)
+
+    def close(self) -> None:
+        for packet in self._stream.encode(None):  # type: ignore[union-attr]
+            self._muxer.mux(packet)
+        self._muxer.close()
+
+
 class SpeechEncoder:
     """Turns synthesised sample blocks into the response body's bytes as they come."""
 
@@ -235,14 +267,18 @@ class SpeechEncoder:
         self._file: Any = None
         self._whole = False
         if self._libsndfile is not None:
+            container, subtype = self._libsndfile
+            package = "av" if container == "ADTS" else "soundfile"
             try:
-                import soundfile
+                soundfile = importlib.import_module(package)
             except ImportError:
-                raise WorkerError(ErrorCode.BAD_REQUEST, f"response_format {response_format} needs the soundfile "
+                raise WorkerError(ErrorCode.BAD_REQUEST, f"response_format {response_format} needs the {package} "
                                                          "package on the worker (the media extra); wav and pcm "
                                                          "need nothing", param="response_format") from None
-            container, subtype = self._libsndfile
             self._tap = _Tap()
+            if container == "ADTS":
+                self._file = _AdtsWriter(self._tap, PCM_RATE)
+                return
             # mp3 at a constant bitrate: the header frame a streamed copy carries is the placeholder (its
             # frame count is filled in at close), so decoders take the length from size and bitrate
             self._file = soundfile.SoundFile(self._tap, mode="w", samplerate=PCM_RATE, channels=1,

@@ -31,7 +31,7 @@ from protocol.messages import Final, GenerateImage, MediaChunk, Speak, Transcrib
 if TYPE_CHECKING:
     from gateway.pool.provider import LocalProvider
 
-LOCAL_SPEECH_FORMATS = ("mp3", "opus", "flac", "wav", "pcm")  # all of OpenAI's but aac (libsndfile has no AAC)
+LOCAL_SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")  # all of OpenAI's (workers/audio.py)
 # What each operation needs of a worker's Ready.capabilities.
 NEEDS = {MediaOperation.TRANSCRIPTION: "transcription", MediaOperation.TRANSLATION: "transcription",
          MediaOperation.SPEECH: "speech", MediaOperation.IMAGE_GENERATION: "image_generation",
