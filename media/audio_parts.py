@@ -83,9 +83,10 @@ def audio_format(data: bytes, name: str, mime: str) -> str | None:
 
 
 class _Resolver:
-    def __init__(self, policy: MediaPolicy, fetcher: Fetcher, files: FileReader | None, on_audio: AudioHandler) -> None:
+    def __init__(self, policy: MediaPolicy, fetcher: Fetcher, files: FileReader | None, on_audio: AudioHandler,
+                 charge: Callable[[int], None] | None = None) -> None:
         self.policy, self.fetcher, self.files, self.on_audio = policy, fetcher, files, on_audio
-        self.budget = _Budget(policy)
+        self.budget = _Budget(policy, charge)  # the request's limit, and the caller's memory budget
 
     async def stored(self, file_id: str) -> tuple[bytes, str]:
         if self.files is None:
@@ -162,9 +163,11 @@ class _Resolver:
 
 
 async def resolve_audio(messages: list[dict[str, Any]], policy: MediaPolicy, fetcher: Fetcher,
-                        files: FileReader | None, on_audio: AudioHandler) -> list[dict[str, Any]]:
-    """Messages whose audio went through ``on_audio`` and whose ``file_id`` parts are inline."""
-    resolver = _Resolver(policy, fetcher, files, on_audio)
+                        files: FileReader | None, on_audio: AudioHandler,
+                        charge: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Messages whose audio went through ``on_audio`` and whose ``file_id`` parts are inline; each decoded
+    byte is also ``charge``d (the gateway's in-flight memory budget, which may refuse it)."""
+    resolver = _Resolver(policy, fetcher, files, on_audio, charge)
     out: list[dict[str, Any]] = []
     for message in messages:
         if not _needs(message):

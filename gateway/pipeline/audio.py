@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.config import AudioSettings
 from gateway.errors import GatewayError, bad_request, from_media
 from gateway.keys import CONFIG, FILE_STORE, PROVIDERS
+from gateway.ops.limits import charge
 from gateway.pipeline.attachments import MEDIA
 from gateway.pipeline.hooks import CALL_HOOKS
 from gateway.providers.base import ChatCall
@@ -103,7 +104,7 @@ class AudioHook:
 
         try:
             call.request.messages = await resolve_audio(messages, runtime.policy, runtime.fetcher,
-                                                        app.get(FILE_STORE), on_audio)
+                                                        app.get(FILE_STORE), on_audio, charge)
         except MediaError as exc:
             raise from_media(exc) from None
 

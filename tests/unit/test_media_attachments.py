@@ -159,3 +159,31 @@ async def test_many_at_tokens_are_bounded(root: Path, executor: ParseExecutor) -
     early = " ".join(f"@f{i}.txt" for i in range(MAX_AT_TOKENS - 1)) + " @notes.txt"
     out = await run([{"role": "user", "content": early}], MediaPolicy(roots=(str(root),)), executor)
     assert "plain notes" in out[0]["content"][1]["text"]
+
+
+async def test_audio_parts_are_charged_to_the_memory_budget() -> None:
+    """Decoded audio counts against the caller's in-flight budget, as other attachments do."""
+    from media.audio_parts import resolve_audio
+
+    clip = files.wav_bytes(0.25)
+    charged: list[int] = []
+
+    def charge(size: int) -> None:
+        charged.append(size)
+        if sum(charged) > len(clip):
+            raise RuntimeError("over budget")
+
+    async def transcribed(data: bytes, fmt: str | None, name: str) -> dict[str, Any]:
+        return {"type": "text", "text": f"[{name}: {len(data)} bytes]"}
+
+    async def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError("no DNS in these tests")
+
+    policy = MediaPolicy()
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode(), "format": "wav"}}
+    out = await resolve_audio([{"role": "user", "content": [part]}], policy, Fetcher(policy, resolver=no_dns), None,
+                              transcribed, charge)
+    assert charged == [len(clip)] and out[0]["content"][0]["type"] == "text"
+    with pytest.raises(RuntimeError, match="over budget"):  # a second clip does not fit
+        await resolve_audio([{"role": "user", "content": [part, part]}], policy, Fetcher(policy, resolver=no_dns),
+                            None, transcribed, charge)
