@@ -270,7 +270,7 @@ class SpeechEncoder:
             container, subtype = self._libsndfile
             package = "av" if container == "ADTS" else "soundfile"
             try:
-                soundfile = importlib.import_module(package)
+                encoder_module = importlib.import_module(package)
             except ImportError:
                 raise WorkerError(ErrorCode.BAD_REQUEST, f"response_format {response_format} needs the {package} "
                                                          "package on the worker (the media extra); wav and pcm "
@@ -281,7 +281,7 @@ class SpeechEncoder:
                 return
             # mp3 at a constant bitrate: the header frame a streamed copy carries is the placeholder (its
             # frame count is filled in at close), so decoders take the length from size and bitrate
-            self._file = soundfile.SoundFile(self._tap, mode="w", samplerate=PCM_RATE, channels=1,
+            self._file = encoder_module.SoundFile(self._tap, mode="w", samplerate=PCM_RATE, channels=1,
                                              format=container, subtype=subtype,
                                              compression_level=0.5 if container == "MP3" else None,
                                              bitrate_mode="CONSTANT" if container == "MP3" else None)

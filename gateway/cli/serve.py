@@ -101,9 +101,9 @@ async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[
     before, open_files = raise_open_file_limit()
     max_connections = connection_cap(limits.max_connections, open_files)
     # Our own drain waits for in-flight requests; aiohttp then only waits a moment for stragglers.
-    observer = app.get(OBSERVER)
+    observer = app[OBSERVER]  # create_app sets it up first
     runner = GuardedRunner(app, header_timeout_s=limits.header_timeout_s, max_connections=max_connections,
-                           on_refused=observer.refused if observer is not None else lambda reason: None,
+                           on_refused=observer.refused,
                            handler_cancellation=True, access_log=None, shutdown_timeout=1.0,
                            keepalive_timeout=limits.keepalive_timeout_s)
     try:
@@ -120,8 +120,7 @@ async def _serve(app: web.Application, config: GatewayConfig, reload: Callable[[
         "open-file limit %s; up to %d client connections, request headers within %g s, idle keep-alive %g s",
         f"raised from {before} to {open_files}" if open_files > before else f"{open_files}", max_connections,
         limits.header_timeout_s, limits.keepalive_timeout_s)
-    if observer is not None:
-        observer.open_connections = runner.open_connections
+    observer.open_connections = runner.open_connections
     tune_gc()
     if config.front_index is not None:
         front_started(config)  # tell the parent of a --processes N gateway this front listens
